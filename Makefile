@@ -1,0 +1,46 @@
+# Two commands matter: `make run` and `make test`. Both set up .venv from the lock file.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+PORT  ?= 8000
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: install run test demo check-ledger services-stop lock
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+## Start web, worker and beat in the foreground (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set).
+run: install
+	mkdir -p .state
+	$(PY) manage.py migrate --noinput
+	@echo
+	@echo "  stockflow API:  http://127.0.0.1:$(PORT)/api/   (docs: /api/docs, OpenAPI: /api/openapi.json)"
+	@echo "  get a token:    $(PY) manage.py create_api_token my-name   (last line printed)"
+	@echo "  try it:         make demo"
+	@echo
+	exec honcho start --procfile Procfile --port $(PORT)
+
+## The test suite (real PostgreSQL, Redis and Celery worker processes).
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Against a running `make run`: sell, pay, refund, and print each job.
+demo: install
+	$(PY) manage.py demo --url http://127.0.0.1:$(PORT)
+
+check-ledger: install
+	$(PY) manage.py check_ledger
+
+## Stop the embedded PostgreSQL and Redis under .state/.
+services-stop: install
+	$(PY) -m api.embedded stop
+
+## Re-resolve the lock file from pyproject.toml (needs network).
+lock:
+	$(PY) -m pip install --quiet uv && $(VENV)/bin/uv pip compile pyproject.toml --extra test -o requirements.lock --python-version 3.11

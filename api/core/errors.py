@@ -1,0 +1,58 @@
+"""Every error code stockflow speaks, in one place: API answers, job results,
+metric labels and log events all use these values."""
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    MALFORMED = "malformed_request"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    VALIDATION = "validation_error"
+    UNKNOWN_SKU = "unknown_sku"
+    UNKNOWN_LOCATION = "unknown_location"
+    UNKNOWN_SALE_LINE = "unknown_sale_line"
+    CONFLICT = "conflict"
+    INVALID_TRANSITION = "invalid_transition"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    INSUFFICIENT_STOCK = "insufficient_stock"
+    EXPIRED_BATCH = "expired_batch"
+    OVER_REFUND = "over_refund"
+    THROTTLED = "throttled"
+    UNAVAILABLE = "unavailable"
+    ERROR = "error"
+
+
+HTTP_STATUS = {
+    ErrorCode.MALFORMED: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.INVALID_TRANSITION: 409,
+    ErrorCode.IDEMPOTENCY_CONFLICT: 409,
+    ErrorCode.VALIDATION: 422,
+    ErrorCode.UNKNOWN_SKU: 422,
+    ErrorCode.UNKNOWN_LOCATION: 422,
+    ErrorCode.UNKNOWN_SALE_LINE: 422,
+    ErrorCode.INSUFFICIENT_STOCK: 409,
+    ErrorCode.EXPIRED_BATCH: 409,
+    ErrorCode.OVER_REFUND: 422,
+    ErrorCode.THROTTLED: 429,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.ERROR: 500,
+}
+
+
+class DomainError(Exception):
+    """A business outcome that is not success: never retried, never a 500."""
+
+    def __init__(self, code: ErrorCode, message: str, details: list | dict | None = None):
+        super().__init__(message)
+        self.code = ErrorCode(code)
+        self.message = message
+        self.details = details
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.code]

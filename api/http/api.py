@@ -1,0 +1,76 @@
+"""The NinjaAPI instance: authentication, the error contract, the OpenAPI document."""
+import structlog
+from django import db
+from django.http import Http404
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from api.core.errors import DomainError, ErrorCode
+from api.http.auth import BearerToken
+from api.http.errors import error_response
+
+logger = structlog.get_logger(__name__)
+
+api = NinjaAPI(
+    title="stockflow",
+    version="1.0.0",
+    description="Sale transitions and refunds accepted as durable jobs; stock consumed FEFO by Celery workers.",
+    auth=BearerToken(),
+    urls_namespace="api",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+_HTTP_CODES = {400: ErrorCode.MALFORMED, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
+               404: ErrorCode.NOT_FOUND, 405: ErrorCode.MALFORMED, 409: ErrorCode.CONFLICT,
+               422: ErrorCode.VALIDATION, 429: ErrorCode.THROTTLED, 503: ErrorCode.UNAVAILABLE}
+
+
+@api.exception_handler(DomainError)
+def _domain_error(request, exc: DomainError):
+    return error_response(request, exc.code, exc.message, details=exc.details)
+
+
+@api.exception_handler(ValidationError)
+def _validation_error(request, exc: ValidationError):
+    fields = [
+        {"field": ".".join(str(p) for p in e.get("loc", ())[1:]) or "body", "message": e.get("msg", "")}
+        for e in exc.errors
+    ]
+    return error_response(request, ErrorCode.VALIDATION, "request failed validation", details=fields)
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthorized(request, exc):
+    return error_response(
+        request, ErrorCode.UNAUTHORIZED, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+@api.exception_handler(HttpError)
+def _http_error(request, exc: HttpError):
+    code = _HTTP_CODES.get(exc.status_code, ErrorCode.MALFORMED)
+    return error_response(request, code, str(exc.message), status=exc.status_code)
+
+
+@api.exception_handler(Http404)
+def _not_found(request, exc):
+    return error_response(request, ErrorCode.NOT_FOUND, "not found")
+
+
+@api.exception_handler(db.OperationalError)
+@api.exception_handler(db.InterfaceError)
+def _database_down(request, exc):
+    logger.warning("http.database_unavailable", exception_type=type(exc).__name__)
+    return error_response(request, ErrorCode.UNAVAILABLE, "database unavailable, retry later",
+                          headers={"Retry-After": "5"})
+
+
+@api.exception_handler(Exception)
+def _unexpected(request, exc):
+    # Logged with its traceback (and sent to Sentry); the caller sees only the request id.
+    logger.exception("http.unhandled_exception", exception_type=type(exc).__name__)
+    return error_response(request, ErrorCode.ERROR, "internal error; quote the request id when reporting it")
+
+
+from api.http import routes  # noqa: E402,F401  (registers the operations)

@@ -1,0 +1,103 @@
+"""The operations of /api/: parse, authorize, call one service, answer."""
+import uuid
+from typing import Annotated
+
+from django.http import HttpRequest, HttpResponse
+from ninja import Header, Query
+from ninja.responses import Status
+
+from api.core.errors import DomainError, ErrorCode
+from api.inventory import services as inventory
+from api.jobs.models import Job
+from api.sales import services as sales
+
+from . import presenters
+from .api import api
+from .schemas import (
+    ErrorOut, JobAccepted, JobOut, ProductIn, ProductOut, ReceiptIn, ReceiptOut, RefundIn, SaleIn, SaleOut,
+    StockRowOut, TransitionIn,
+)
+
+ERRORS = {code: ErrorOut for code in (400, 401, 404, 409, 422, 503)}
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", default=None, max_length=128)]
+
+
+def _accepted(response: HttpResponse, job: Job) -> Status:
+    response["Location"] = f"/api/jobs/{job.pk}"
+    return Status(202, {"job": presenters.job(job)})
+
+
+@api.post("/products", response={201: ProductOut, **ERRORS}, tags=["stock"])
+def create_product(request: HttpRequest, body: ProductIn):
+    product = inventory.create_product(body.sku, body.name)
+    return Status(201, {"id": product.pk, "sku": product.sku, "name": product.name})
+
+
+@api.post("/receipts", response={201: ReceiptOut, **ERRORS}, tags=["stock"])
+def create_receipt(request: HttpRequest, body: ReceiptIn):
+    move, on_hand = inventory.receive_stock(
+        body.sku, body.location, body.lot, body.expires_on, body.quantity, request_id=request.request_id
+    )
+    batch = move.batch
+    return Status(201, {
+        "move_id": move.pk, "batch_id": batch.pk, "sku": body.sku, "location": body.location, "lot": batch.lot,
+        "expires_on": batch.expires_on, "quantity": move.quantity, "on_hand": on_hand.quantity,
+    })
+
+
+@api.get("/stock", response={200: list[StockRowOut], **ERRORS}, tags=["stock"])
+def list_stock(
+    request: HttpRequest,
+    sku: Annotated[str | None, Query(max_length=64)] = None,
+    location: Annotated[str | None, Query(max_length=64)] = None,
+):
+    return Status(200, [presenters.stock_row(row) for row in inventory.stock_levels(sku, location)])
+
+
+@api.post("/sales", response={201: SaleOut, **ERRORS}, tags=["sales"])
+def create_sale(request: HttpRequest, body: SaleIn):
+    sale = sales.create_sale(body.number, body.location, [line.dict() for line in body.lines])
+    return Status(201, presenters.sale(sale))
+
+
+@api.get("/sales/{int:sale_id}", response={200: SaleOut, **ERRORS}, tags=["sales"])
+def get_sale(request: HttpRequest, sale_id: int):
+    return Status(200, presenters.sale(sales.get_sale(sale_id)))
+
+
+@api.post(
+    "/sales/{int:sale_id}/transition",
+    response={200: SaleOut, 202: JobAccepted, **ERRORS},
+    tags=["sales"],
+    summary="Change a sale's status; `paid` is accepted as a job (202)",
+)
+def transition_sale(
+    request: HttpRequest, response: HttpResponse, sale_id: int, body: TransitionIn,
+    idempotency_key: IdempotencyKey = None,
+):
+    if body.to_status == "paid":
+        job, _ = sales.request_payment(sale_id, idempotency_key=idempotency_key, request_id=request.request_id)
+        return _accepted(response, job)
+    return Status(200, presenters.sale(sales.transition(sale_id, body.to_status)))
+
+
+@api.post("/sales/{int:sale_id}/refunds", response={202: JobAccepted, **ERRORS}, tags=["sales"])
+def create_refund(
+    request: HttpRequest, response: HttpResponse, sale_id: int, body: RefundIn,
+    idempotency_key: IdempotencyKey = None,
+):
+    if not idempotency_key:
+        raise DomainError(ErrorCode.MALFORMED, "the Idempotency-Key header is required for refunds")
+    lines = [line.dict() for line in body.lines] if body.lines else None
+    job, _ = sales.request_refund(
+        sale_id, body.kind, lines, idempotency_key=idempotency_key, request_id=request.request_id
+    )
+    return _accepted(response, job)
+
+
+@api.get("/jobs/{uuid:job_id}", response={200: JobOut, **ERRORS}, tags=["jobs"])
+def get_job(request: HttpRequest, job_id: uuid.UUID):
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        raise DomainError(ErrorCode.NOT_FOUND, f"job {job_id} not found")
+    return Status(200, presenters.job(job))

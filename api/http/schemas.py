@@ -1,0 +1,149 @@
+"""Request and response bodies of the HTTP API (pydantic, via django-ninja)."""
+import datetime
+import uuid
+from typing import Annotated, Literal
+
+from ninja import Field, Schema
+from pydantic import StrictInt, StrictStr, model_validator
+
+Code = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
+Quantity = Annotated[StrictInt, Field(gt=0, le=1_000_000)]
+Money = Annotated[StrictStr, Field(pattern=r"^\d{1,10}(\.\d{1,2})?$", description="decimal as a string, e.g. \"12.50\"")]
+
+
+class ErrorBody(Schema):
+    code: str
+    message: str
+    request_id: str
+    details: list | dict | None = None
+
+
+class ErrorOut(Schema):
+    error: ErrorBody
+
+
+class ProductIn(Schema):
+    sku: Code
+    name: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+
+
+class ProductOut(Schema):
+    id: int
+    sku: str
+    name: str
+
+
+class ReceiptIn(Schema):
+    sku: Code
+    location: Code
+    lot: Code
+    expires_on: datetime.date | None = None
+    quantity: Quantity
+
+
+class ReceiptOut(Schema):
+    move_id: int
+    batch_id: int
+    sku: str
+    location: str
+    lot: str
+    expires_on: datetime.date | None
+    quantity: int
+    on_hand: int
+
+
+class StockRowOut(Schema):
+    batch_id: int
+    sku: str
+    location: str
+    lot: str
+    expires_on: datetime.date | None
+    expired: bool
+    on_hand: int
+
+
+class SaleLineIn(Schema):
+    sku: Code
+    quantity: Quantity
+    unit_price: Money
+
+
+class SaleIn(Schema):
+    number: Code
+    location: Code
+    lines: Annotated[list[SaleLineIn], Field(min_length=1, max_length=100)]
+
+
+class SaleLineOut(Schema):
+    id: int
+    sku: str
+    quantity: int
+    unit_price: str
+    refunded: int
+
+
+class MoveOut(Schema):
+    id: int
+    kind: str
+    batch_id: int
+    lot: str
+    expires_on: datetime.date | None
+    quantity: int
+    sale_line_id: int | None
+    refund_line_id: int | None
+    job_id: uuid.UUID | None
+    created_at: datetime.datetime
+
+
+class SaleOut(Schema):
+    id: int
+    number: str
+    location: str
+    status: str
+    lines: list[SaleLineOut]
+    moves: list[MoveOut]
+
+
+class TransitionIn(Schema):
+    to_status: Literal["pending", "paid", "cancelled"]
+
+
+class JobError(Schema):
+    code: str
+    message: str
+
+
+class JobOut(Schema):
+    id: uuid.UUID
+    kind: str
+    sale_id: int
+    status: str
+    attempts: int
+    result: dict | None
+    error: JobError | None
+    request_id: str
+    created_at: datetime.datetime
+    started_at: datetime.datetime | None
+    finished_at: datetime.datetime | None
+
+
+class JobAccepted(Schema):
+    job: JobOut
+
+
+class RefundLineIn(Schema):
+    sale_line_id: Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
+    quantity: Quantity
+
+
+class RefundIn(Schema):
+    kind: Literal["full", "partial"]
+    lines: Annotated[list[RefundLineIn], Field(max_length=100)] | None = None
+
+    @model_validator(mode="after")
+    def lines_match_kind(self):
+        if self.kind == "partial" and not self.lines:
+            raise ValueError("a partial refund needs at least one line")
+        if self.kind == "full" and self.lines:
+            raise ValueError("a full refund takes no lines")
+        return self

@@ -1,0 +1,19 @@
+"""The outbox's enqueuer: hands a job id to the broker. The only place that knows
+how a job becomes a Celery message."""
+import structlog
+
+logger = structlog.get_logger(__name__)
+
+RUN_JOB_TASK = "stockflow.run_job"
+
+
+def enqueue(job) -> bool:
+    from workers.celery_app import app
+
+    try:
+        app.send_task(RUN_JOB_TASK, args=[str(job.pk)], headers={"request_id": job.request_id})
+        return True
+    except Exception as exc:  # broker down after kombu's own bounded retries
+        # The job row is committed; the reconciler re-sends it once its lease runs out.
+        logger.warning("job.enqueue_failed", job_id=str(job.pk), error=type(exc).__name__)
+        return False

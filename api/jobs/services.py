@@ -1,0 +1,150 @@
+"""The job lifecycle: accept (outbox write), run (claim, apply, record), fail, reconcile.
+
+Exactly-once *effect* under at-least-once delivery: a job's effects and its
+`succeeded` status commit in one transaction that holds the job row lock, so a
+second delivery waits for the first and then finds the job terminal.
+"""
+import datetime
+import hashlib
+import json
+from typing import Callable
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from api import lock_objects
+from api.core.errors import DomainError, ErrorCode
+
+from . import dispatch
+from .models import Job
+
+Handler = Callable[[Job], dict]
+
+
+def fingerprint(kind: str, payload: dict) -> str:
+    canonical = json.dumps({"kind": kind, "payload": payload}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _lease(status: str, now: datetime.datetime) -> datetime.datetime:
+    seconds = settings.JOB_QUEUED_LEASE_SECONDS if status == Job.Status.QUEUED else settings.JOB_RUNNING_LEASE_SECONDS
+    return now + datetime.timedelta(seconds=seconds)
+
+
+def accept(
+    kind: str,
+    sale_id: int,
+    payload: dict,
+    *,
+    idempotency_key: str | None,
+    request_id: str,
+    precheck: Callable,
+) -> tuple[Job, bool]:
+    """Write the job row and enqueue it on commit. Returns (job, created).
+
+    The sale row is locked so that concurrent requests for one sale are decided one
+    at a time: same Idempotency-Key + same body -> the first job; another body -> 409.
+    """
+    fp = fingerprint(kind, payload)
+    with transaction.atomic():
+        sale = lock_objects.sale(sale_id)
+        if sale is None:
+            raise DomainError(ErrorCode.NOT_FOUND, f"sale {sale_id} not found")
+        if idempotency_key:
+            existing = Job.objects.filter(kind=kind, sale=sale, idempotency_key=idempotency_key).first()
+            if existing is not None:
+                if existing.fingerprint != fp:
+                    raise DomainError(
+                        ErrorCode.IDEMPOTENCY_CONFLICT,
+                        "this Idempotency-Key was already used with a different request body",
+                    )
+                return existing, False
+        if kind == Job.Kind.SALE_PAID:
+            active = Job.objects.filter(kind=kind, sale=sale, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).first()
+            if active is not None:
+                return active, False
+        precheck(sale)
+        now = timezone.now()
+        job = Job.objects.create(
+            kind=kind, sale=sale, payload=payload, idempotency_key=idempotency_key or None,
+            fingerprint=fp, request_id=request_id, created_at=now, lease_expires_at=_lease(Job.Status.QUEUED, now),
+        )
+        transaction.on_commit(lambda: dispatch.enqueue(job))
+    return job, True
+
+
+def _claim(job_id) -> Job | None:
+    """Mark the job running and count the attempt, in its own short transaction, so
+    attempts survive a worker that dies mid-job. None if there is nothing to do."""
+    with transaction.atomic():
+        job = lock_objects.job(job_id)
+        if job is None or job.is_terminal:
+            return None
+        now = timezone.now()
+        if job.attempts >= settings.JOB_MAX_ATTEMPTS:
+            _finish(job, Job.Status.FAILED, code=ErrorCode.ERROR,
+                    message=f"gave up after {job.attempts} deliveries")
+            return None
+        job.status = Job.Status.RUNNING
+        job.attempts += 1
+        job.started_at = job.started_at or now
+        job.lease_expires_at = _lease(Job.Status.RUNNING, now)
+        job.save(update_fields=["status", "attempts", "started_at", "lease_expires_at", "updated_at"])
+        return job
+
+
+def _finish(job: Job, status: str, *, result=None, code: str = "", message: str = "") -> None:
+    job.status = status
+    job.result = result
+    job.error_code = code
+    job.error_message = message
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "result", "error_code", "error_message", "finished_at", "updated_at"])
+
+
+def run(job_id, handlers: dict[str, Handler]) -> Job | None:
+    """Apply the job once. Business failures finish it as `failed`; transient database
+    errors propagate (the caller retries); returns the job as it ended, or None if
+    there was nothing to do (already finished, unknown id)."""
+    job = _claim(job_id)
+    if job is None:
+        return None
+    try:
+        with transaction.atomic():
+            job = lock_objects.job(job_id)
+            if job.is_terminal:  # a concurrent delivery finished it while we waited
+                return job
+            result = handlers[job.kind](job)
+            _finish(job, Job.Status.SUCCEEDED, result=result)
+            return job
+    except DomainError as exc:
+        return fail(job_id, exc.code, exc.message, details=exc.details)
+
+
+def fail(job_id, code: str, message: str, details=None) -> Job | None:
+    """Finish a job as failed (unless a concurrent delivery already finished it)."""
+    with transaction.atomic():
+        job = lock_objects.job(job_id)
+        if job is None or job.is_terminal:
+            return job
+        _finish(job, Job.Status.FAILED, result={"details": details} if details else None, code=code, message=message)
+        return job
+
+
+def reconcile(limit: int = 500) -> int:
+    """Re-send jobs whose lease ran out: still `queued` (the broker message may be
+    lost) or `running` (the worker may be dead). Duplicates are harmless: a second
+    delivery of a finished job does nothing. Returns how many were re-sent."""
+    now = timezone.now()
+    with transaction.atomic():
+        stale = list(
+            Job.objects.select_for_update(skip_locked=True)
+            .filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING], lease_expires_at__lt=now)
+            .order_by("lease_expires_at")[:limit]
+        )
+        for job in stale:
+            job.lease_expires_at = _lease(job.status, now)
+        Job.objects.bulk_update(stale, ["lease_expires_at"])
+        transaction.on_commit(lambda: [dispatch.enqueue(job) for job in stale])
+    return len(stale)

@@ -1,0 +1,151 @@
+"""stockflow settings: one module, every secret and URL from the environment.
+
+When DATABASE_URL / REDIS_URL are unset, `api.embedded` starts (or reuses) an
+embedded PostgreSQL and Redis under `.state/`, so manage.py, celery, gunicorn and
+pytest all find the same servers.
+"""
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from api import embedded
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+embedded.ensure_services()
+
+DEBUG = env_bool("DJANGO_DEBUG")
+# A dev-only fallback key: production must set DJANGO_SECRET_KEY (check --deploy says so).
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-insecure-stockflow-key-change-me")
+ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "*").split(",") if h]
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.admin",
+    "api.core",
+    "api.inventory",
+    "api.sales",
+    "api.jobs",
+]
+
+MIDDLEWARE = [
+    "api.core.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "api.urls"
+WSGI_APPLICATION = "api.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ["DATABASE_URL"],
+        # One persistent connection per web thread / worker child, health-checked before reuse.
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 300),
+        conn_health_checks=True,
+    )
+}
+DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = os.environ["REDIS_URL"]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_TZ = True
+USE_I18N = False
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / ".state" / "static"
+
+APPEND_SLASH = False
+
+# --- jobs -------------------------------------------------------------------
+# A queued job whose broker message may be lost is re-sent after this many seconds.
+JOB_QUEUED_LEASE_SECONDS = env_int("JOB_QUEUED_LEASE_SECONDS", 30)
+# A running job whose worker may be dead is re-sent after its lease expires.
+JOB_RUNNING_LEASE_SECONDS = env_int("JOB_RUNNING_LEASE_SECONDS", 90)
+# A job delivered more often than this (e.g. a poison message killing workers) fails for good.
+JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 10)
+JOB_RECONCILE_INTERVAL_SECONDS = env_int("JOB_RECONCILE_INTERVAL_SECONDS", 5)
+# readyz: a worker must have sent a heartbeat within this many seconds.
+WORKER_HEARTBEAT_MAX_AGE_SECONDS = env_int("WORKER_HEARTBEAT_MAX_AGE_SECONDS", 30)
+
+# --- Celery (read by workers/celery_app.py with namespace CELERY) -------------
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# PostgreSQL's Job table holds results; a result backend would be a second, weaker copy.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+# At-least-once delivery: ack after the task body, requeue if the child dies, take one at a time.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 60)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 45)
+# Redis redelivers an unacked message after this long. It must exceed the longest
+# time a message can legitimately stay unacked: the hard time limit plus the longest
+# retry countdown (retries are ETA messages held unacked by the worker).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 300),
+    "socket_timeout": 5,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 10,
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Broker errors on publish: bounded retry with backoff inside kombu; the reconciler
+# covers what is still lost.
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 3,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 1,
+}
+# Events for Flower and celery-exporter (task-sent from the publisher, task-* from workers).
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", True)
+CELERY_TASK_TRACK_STARTED = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-jobs": {
+        "task": "stockflow.reconcile_jobs",
+        "schedule": float(JOB_RECONCILE_INTERVAL_SECONDS),
+        "options": {"expires": float(JOB_RECONCILE_INTERVAL_SECONDS)},
+    },
+}

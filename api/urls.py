@@ -1,0 +1,22 @@
+from django.contrib import admin
+from django.urls import path
+
+from api.http import health
+from api.http.api import api
+from api.http.errors import error_response
+from api.core.errors import ErrorCode
+
+urlpatterns = [
+    path("api/", api.urls),
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
+    path("admin/", admin.site.urls),
+]
+
+
+def handler404(request, exception=None):
+    return error_response(request, ErrorCode.NOT_FOUND, "no such endpoint")
+
+
+def handler500(request):
+    return error_response(request, ErrorCode.ERROR, "internal error; quote the request id when reporting it")

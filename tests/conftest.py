@@ -1,0 +1,128 @@
+"""Fixtures for the real stack: PostgreSQL (test database), Redis, a Celery worker
+*process* (prefork), the API served over HTTP by pytest-django's live server."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _subprocess_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        STOCKFLOW_USE_TEST_DATABASE="1",
+        DATABASE_URL=os.environ["DATABASE_URL"],
+        REDIS_URL=os.environ["REDIS_URL"],
+        PYTHONPATH=str(ROOT),
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class WorkerProcess:
+    """A real `celery worker` (prefork) started as a subprocess of the test run."""
+
+    def __init__(self, tmp_path: Path, concurrency: int = 2, name: str = "w1", **env):
+        self.log_path = tmp_path / f"worker-{name}.log"
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-P", "prefork",
+             "-c", str(concurrency), "-n", f"{name}@%h", "-E", "-l", "info", "--without-mingle",
+             "--without-gossip"],
+            cwd=ROOT, env=_subprocess_env(**env), stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log()}")
+            if "ready." in self.log():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def child_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def broker():
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()  # the test broker db only: no leftovers from an earlier run
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def worker_factory(tmp_path, broker, transactional_db):
+    started = []
+
+    def start(**kwargs):
+        w = WorkerProcess(tmp_path, name=f"w{len(started) + 1}", **kwargs)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+def worker(worker_factory):
+    return worker_factory()
+
+
+@pytest.fixture
+def token(transactional_db):
+    from api.core.models import ApiToken
+
+    return ApiToken.issue("tests")[1]
+
+
+@pytest.fixture
+def client(live_server, token):
+    with httpx.Client(
+        base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def anon_client(live_server):
+    with httpx.Client(base_url=live_server.url, timeout=30) as c:
+        yield c
+
+
+def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 30) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not finished after {timeout}s: {job}")
