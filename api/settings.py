@@ -10,6 +10,7 @@ from pathlib import Path
 import dj_database_url
 
 from api import embedded
+from api.observability import logging as log_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -36,6 +37,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.admin",
+    "django_structlog",
     "api.core",
     "api.inventory",
     "api.sales",
@@ -44,6 +46,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "api.core.middleware.RequestIdMiddleware",
+    "django_structlog.middlewares.RequestMiddleware",
+    "api.observability.http.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -92,6 +96,17 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / ".state" / "static"
 
 APPEND_SLASH = False
+
+# --- observability --------------------------------------------------------------------
+LOGGING_CONFIG = None  # applied below, once, by the one logging module
+LOGGING = log_config.logging_dict()
+log_config.configure()
+DJANGO_STRUCTLOG_CELERY_ENABLED = True
+DJANGO_STRUCTLOG_IP_LOGGING_ENABLED = False  # an IP address is personal data
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True  # RequestIdMiddleware sanitized it first
+DJANGO_STRUCTLOG_USER_ID_FIELD = None
+# /metrics on the web port answers only to this bearer token (unset: always 401).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
 # --- jobs -------------------------------------------------------------------
 # A queued job whose broker message may be lost is re-sent after this many seconds.
@@ -147,5 +162,9 @@ CELERY_BEAT_SCHEDULE = {
         "task": "stockflow.reconcile_jobs",
         "schedule": float(JOB_RECONCILE_INTERVAL_SECONDS),
         "options": {"expires": float(JOB_RECONCILE_INTERVAL_SECONDS)},
+    },
+    "check-ledger": {
+        "task": "stockflow.check_ledger",
+        "schedule": float(env_int("LEDGER_CHECK_INTERVAL_SECONDS", 300)),
     },
 }

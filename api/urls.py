@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import path
 
 from api.http import health
+from api.observability import exposition
 from api.http.api import api
 from api.http.errors import error_response
 from api.core.errors import ErrorCode
@@ -10,6 +11,7 @@ urlpatterns = [
     path("api/", api.urls),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
+    path("metrics", exposition.metrics_view),
     path("admin/", admin.site.urls),
 ]
 

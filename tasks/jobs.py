@@ -3,9 +3,11 @@ import structlog
 from celery import Task
 from django.db import connection
 
+from api.inventory import ledger
 from api.jobs import services as jobs
 from api.jobs.dispatch import RUN_JOB_TASK
 from api.jobs.handlers import HANDLERS
+from api.observability import exposition
 from workers.celery_app import app
 from workers.transient import TransientError, classify
 
@@ -48,3 +50,15 @@ def reconcile_jobs():
     if resent:
         logger.info("jobs.reconciled", resent=resent)
     return resent
+
+
+@app.task(name="stockflow.check_ledger", ignore_result=True)
+def check_ledger():
+    """Periodic invariant check; its verdict feeds stockflow_ledger_violations."""
+    report = ledger.check()
+    violations = sum(len(rows) for rows in report.violations.values())
+    exposition.record_ledger_check(violations)
+    log = logger.error if violations else logger.info
+    log("ledger.checked", violations=violations, unfinished_jobs=report.unfinished_jobs,
+        failed_checks=[name for name, rows in report.violations.items() if rows])
+    return violations

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _subprocess_env(**extra) -> dict:
     env = dict(os.environ)
     env.update(
+        PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
         DJANGO_SETTINGS_MODULE="tests.settings",
         STOCKFLOW_USE_TEST_DATABASE="1",
         DATABASE_URL=os.environ["DATABASE_URL"],
@@ -34,12 +35,13 @@ class WorkerProcess:
     def __init__(self, tmp_path: Path, concurrency: int = 2, name: str = "w1", **env):
         self.log_path = tmp_path / f"worker-{name}.log"
         self.name = name
+        # bin/worker: the same entry point as the Procfile and compose.
+        env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / f"prom-{name}"))
+        env.setdefault("WORKER_METRICS_PORT", "0")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-P", "prefork",
-             "-c", str(concurrency), "-n", f"{name}@%h", "-E", "-l", "info", "--without-mingle",
-             "--without-gossip"],
-            cwd=ROOT, env=_subprocess_env(**env), stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,
+            [str(ROOT / "bin" / "worker")],
+            cwd=ROOT, env=_subprocess_env(WORKER_NAME=name, WORKER_CONCURRENCY=concurrency, **env),
+            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         self._wait_ready()
 

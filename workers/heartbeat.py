@@ -4,19 +4,11 @@ import time
 
 import redis
 from celery import bootsteps
-from django.conf import settings
+
+from api.core.redis_client import client
 
 KEY = "stockflow:worker-heartbeats"
 INTERVAL_SECONDS = 5.0
-
-_client = None
-
-
-def client() -> redis.Redis:
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    return _client
 
 
 def beat(hostname: str) -> None:

@@ -1,5 +1,91 @@
-"""Worker-side signal handlers and boot steps."""
+"""Worker-side wiring: logging, request context, task metrics, the metrics endpoint.
+
+Request id: django-structlog's Celery receiver copies the publisher's structlog
+context (request_id, job_id) into a task header and binds it in the worker before
+the task body runs. This module adds what it lacks: a publish timestamp for queue
+wait, bounded task metrics, and multiprocess-safe exposition.
+"""
+import os
+import time
+from datetime import datetime
+
+from celery import signals
+from django_structlog.celery.steps import DjangoStructLogInitStep
+from prometheus_client import start_http_server
+
+from api.observability import logging as log_config
+from api.observability import metrics
+from api.observability.exposition import process_registry
 from workers.celery_app import app
 from workers.heartbeat import Heartbeat
+from workers.transient import TransientError
 
+app.steps["worker"].add(DjangoStructLogInitStep)
 app.steps["worker"].add(Heartbeat)
+
+_OUTCOMES = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
+
+
+@signals.setup_logging.connect
+def _setup_logging(**kwargs):
+    # Connecting this signal stops Celery from installing its own handlers: Celery's
+    # logs go through the same JSON renderer as everything else.
+    log_config.configure()
+
+
+@signals.before_task_publish.connect
+def _stamp_publish_time(headers=None, **kwargs):
+    if headers is not None:
+        headers["published_at"] = time.time()
+
+
+@signals.task_prerun.connect
+def _task_started(task=None, **kwargs):
+    name = task.name
+    task.request._stockflow_started = time.perf_counter()
+    metrics.TASK_STARTED.labels(name).inc()
+    published = getattr(task.request, "published_at", None)
+    if published:
+        eta = task.request.eta
+        ready_at = max(float(published), _timestamp(eta)) if eta else float(published)
+        metrics.TASK_QUEUE_WAIT.labels(name).observe(max(0.0, time.time() - ready_at))
+
+
+def _timestamp(eta) -> float:
+    return datetime.fromisoformat(eta).timestamp() if isinstance(eta, str) else eta.timestamp()
+
+
+@signals.task_postrun.connect
+def _task_finished(task=None, state=None, **kwargs):
+    outcome = _OUTCOMES.get(state, "failed")
+    metrics.TASK_OUTCOMES.labels(task.name, outcome).inc()
+    started = getattr(task.request, "_stockflow_started", None)
+    if started is not None:
+        metrics.TASK_RUNTIME.labels(task.name, outcome).observe(time.perf_counter() - started)
+
+
+@signals.task_retry.connect
+def _task_retried(sender=None, reason=None, **kwargs):
+    metrics.TASK_RETRIES.labels(sender.name, reason.reason if isinstance(reason, TransientError) else "other").inc()
+
+
+@signals.task_failure.connect
+def _task_failed(sender=None, exception=None, **kwargs):
+    cause = exception.__cause__ if isinstance(exception, TransientError) and exception.__cause__ else exception
+    metrics.EXCEPTIONS.labels(type(cause).__name__, "worker").inc()
+
+
+@signals.worker_ready.connect
+def _serve_metrics(sender=None, **kwargs):
+    # Main process only: one exposition summing every child's values.
+    port = int(os.environ.get("WORKER_METRICS_PORT", "0") or 0)
+    if port:
+        start_http_server(port, addr=os.environ.get("WORKER_METRICS_ADDR", "127.0.0.1"), registry=process_registry())
+
+
+@signals.worker_process_shutdown.connect
+def _child_exit(pid=None, **kwargs):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())

@@ -1,9 +1,9 @@
 """Liveness and readiness: no auth, no database writes, fast."""
-import redis
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 
+from api.core import redis_client
 from workers import heartbeat
 
 
@@ -17,7 +17,7 @@ def _check_database() -> None:
 
 
 def _check_broker() -> None:
-    heartbeat.client().ping()
+    redis_client.client().ping()
 
 
 def _check_worker() -> None:

@@ -10,10 +10,13 @@ RUN_JOB_TASK = "stockflow.run_job"
 def enqueue(job) -> bool:
     from workers.celery_app import app
 
-    try:
-        app.send_task(RUN_JOB_TASK, args=[str(job.pk)], headers={"request_id": job.request_id})
-        return True
-    except Exception as exc:  # broker down after kombu's own bounded retries
-        # The job row is committed; the reconciler re-sends it once its lease runs out.
-        logger.warning("job.enqueue_failed", job_id=str(job.pk), error=type(exc).__name__)
-        return False
+    # The job's own request id rides in the task headers (django-structlog), also
+    # when the reconciler re-sends it long after the request ended.
+    with structlog.contextvars.bound_contextvars(request_id=job.request_id, job_id=str(job.pk)):
+        try:
+            app.send_task(RUN_JOB_TASK, args=[str(job.pk)])
+            return True
+        except Exception as exc:  # broker down after kombu's own bounded retries
+            # The job row is committed; the reconciler re-sends it once its lease runs out.
+            logger.warning("job.enqueue_failed", error=type(exc).__name__)
+            return False

@@ -7,6 +7,7 @@ second delivery waits for the first and then finds the job terminal.
 import datetime
 import hashlib
 import json
+import time
 from typing import Callable
 
 from django.conf import settings
@@ -15,6 +16,7 @@ from django.utils import timezone
 
 from api import lock_objects
 from api.core.errors import DomainError, ErrorCode
+from api.observability import domain
 
 from . import dispatch
 from .models import Job
@@ -55,6 +57,7 @@ def accept(
             existing = Job.objects.filter(kind=kind, sale=sale, idempotency_key=idempotency_key).first()
             if existing is not None:
                 if existing.fingerprint != fp:
+                    domain.idempotency_conflict(sale.pk, kind, idempotency_key, existing.pk)
                     raise DomainError(
                         ErrorCode.IDEMPOTENCY_CONFLICT,
                         "this Idempotency-Key was already used with a different request body",
@@ -85,6 +88,7 @@ def _claim(job_id) -> Job | None:
         if job.attempts >= settings.JOB_MAX_ATTEMPTS:
             _finish(job, Job.Status.FAILED, code=ErrorCode.ERROR,
                     message=f"gave up after {job.attempts} deliveries")
+            transaction.on_commit(lambda: domain.job_finished(job, None))
             return None
         job.status = Job.Status.RUNNING
         job.attempts += 1
@@ -110,6 +114,7 @@ def run(job_id, handlers: dict[str, Handler]) -> Job | None:
     job = _claim(job_id)
     if job is None:
         return None
+    started = time.perf_counter()
     try:
         with transaction.atomic():
             job = lock_objects.job(job_id)
@@ -117,19 +122,21 @@ def run(job_id, handlers: dict[str, Handler]) -> Job | None:
                 return job
             result = handlers[job.kind](job)
             _finish(job, Job.Status.SUCCEEDED, result=result)
-            return job
     except DomainError as exc:
-        return fail(job_id, exc.code, exc.message, details=exc.details)
+        return fail(job_id, exc.code, exc.message, details=exc.details, duration_s=time.perf_counter() - started)
+    domain.job_finished(job, time.perf_counter() - started)
+    return job
 
 
-def fail(job_id, code: str, message: str, details=None) -> Job | None:
+def fail(job_id, code: str, message: str, details=None, duration_s: float | None = None) -> Job | None:
     """Finish a job as failed (unless a concurrent delivery already finished it)."""
     with transaction.atomic():
         job = lock_objects.job(job_id)
         if job is None or job.is_terminal:
             return job
         _finish(job, Job.Status.FAILED, result={"details": details} if details else None, code=code, message=message)
-        return job
+    domain.job_finished(job, duration_s)
+    return job
 
 
 def reconcile(limit: int = 500) -> int:

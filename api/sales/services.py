@@ -18,6 +18,7 @@ from api.inventory import services as inventory
 from api.inventory.models import StockMove
 from api.jobs import services as jobs
 from api.jobs.models import Job
+from api.observability import domain
 
 from .models import Refund, RefundLine, Sale, SaleLine
 
@@ -76,9 +77,15 @@ def transition(sale_id, to_status: str) -> Sale:
     sale = lock_objects.sale(sale_id)
     if sale is None:
         raise DomainError(ErrorCode.NOT_FOUND, f"sale {sale_id} not found")
-    check_transition(sale, to_status)
+    from_status = sale.status
+    try:
+        check_transition(sale, to_status)
+    except DomainError as exc:
+        domain.transition(sale.pk, from_status, to_status, exc.code)
+        raise
     sale.status = to_status
     sale.save(update_fields=["status", "updated_at"])
+    domain.transition(sale.pk, from_status, to_status, "success")
     return sale
 
 
@@ -95,7 +102,8 @@ def pay(job) -> dict:
     if sale.status == S.PAID:
         # An earlier delivery committed the effect; the moves prove it.
         moves = StockMove.objects.filter(sale_line__sale=sale, kind=StockMove.Kind.SALE_OUT)
-        return {"outcome": "idempotent", "stock_moves_count": moves.count()}
+        return {"outcome": "idempotent", "from_status": S.PAID, "stock_moves_count": moves.count()}
+    from_status = sale.status
 
     rows = lock_objects.stock_of_products([l.product_id for l in lines], sale.location_id)
     requests = [fefo.LineRequest(l.pk, l.product_id, l.product.sku, l.quantity) for l in lines]
@@ -118,6 +126,7 @@ def pay(job) -> dict:
     sale.save(update_fields=["status", "paid_at", "updated_at"])
     return {
         "outcome": "success",
+        "from_status": from_status,
         "stock_moves_count": len(moves),
         "total_quantity": sum(a.quantity for a in allocations),
         "moves": [{"sale_line_id": a.line_id, "batch_id": a.on_hand.batch_id, "quantity": a.quantity} for a in allocations],
@@ -239,10 +248,17 @@ def refund(job) -> dict:
 
 
 def request_payment(sale_id, *, idempotency_key: str | None, request_id: str):
+    def precheck(sale):
+        try:
+            check_transition(sale, S.PAID)
+        except DomainError as exc:
+            domain.transition(sale.pk, sale.status, S.PAID, exc.code)
+            raise
+        domain.transition(sale.pk, sale.status, S.PAID, "accepted")
+
     return jobs.accept(
         Job.Kind.SALE_PAID, sale_id, {"to_status": S.PAID},
-        idempotency_key=idempotency_key, request_id=request_id,
-        precheck=lambda sale: check_transition(sale, S.PAID),
+        idempotency_key=idempotency_key, request_id=request_id, precheck=precheck,
     )
 
 
@@ -252,8 +268,12 @@ def request_refund(sale_id, kind: str, lines: list[dict] | None, *, idempotency_
         payload["lines"] = sorted(lines, key=lambda l: (l["sale_line_id"], l["quantity"]))
 
     def precheck(sale):
-        check_refundable(sale)
-        requested_refund_lines(sale, kind, payload.get("lines"))  # over-refund now, not after a 202
+        try:
+            check_refundable(sale)
+            requested_refund_lines(sale, kind, payload.get("lines"))  # over-refund now, not after a 202
+        except DomainError as exc:
+            domain.refund_refused(sale.pk, kind, exc.code, exc.details)
+            raise
 
     return jobs.accept(
         Job.Kind.SALE_REFUND, sale_id, payload,

@@ -1,0 +1,70 @@
+"""The one logging configuration: structlog JSON lines for web, worker and beat.
+
+Both structlog loggers and stdlib loggers (Django, Celery, gunicorn) go through the
+same processors: the bound context (request_id, task_id, job_id), ISO timestamp,
+level, logger name, formatted exception, PII scrubbing, JSON rendering.
+"""
+import json
+import logging.config
+import os
+
+import structlog
+
+from . import pii
+
+_PRE_CHAIN = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def _json(value) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+def logging_dict(level: str | None = None) -> dict:
+    """A dictConfig for Django's LOGGING setting (also applied by Celery's setup_logging)."""
+    level = level or os.environ.get("LOG_LEVEL", "INFO")
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "foreign_pre_chain": _PRE_CHAIN,
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    pii.structlog_processor,
+                    structlog.processors.JSONRenderer(serializer=lambda v, **_: _json(v)),
+                ],
+            }
+        },
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {
+            "django.server": {"level": "WARNING"},
+            "gunicorn.access": {"level": "WARNING"},
+        },
+    }
+
+
+def configure_structlog() -> None:
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_PRE_CHAIN,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def configure(level: str | None = None) -> None:
+    logging.config.dictConfig(logging_dict(level))
+    configure_structlog()
