@@ -7,7 +7,7 @@ from api.inventory import ledger
 from api.jobs import services as jobs
 from api.jobs.dispatch import RUN_JOB_TASK
 from api.jobs.handlers import HANDLERS
-from api.observability import exposition
+from api.observability import exposition, sentry
 from workers.celery_app import app
 from workers.transient import TransientError, classify
 
@@ -33,6 +33,9 @@ class JobTask(Task):
 
 @app.task(bind=True, base=JobTask, name=RUN_JOB_TASK)
 def run_job(self, job_id: str):
+    context = structlog.contextvars.get_contextvars()
+    sentry.tag(request_id=context.get("request_id"), job_id=job_id, celery_task=self.name,
+               job_kind=context.get("job_kind"))
     try:
         jobs.run(job_id, HANDLERS)
     except Exception as exc:

@@ -21,3 +21,5 @@ if os.environ.get("STOCKFLOW_USE_TEST_DATABASE"):
 # Fast leases so the reconciler's recovery shows within a test's patience.
 JOB_QUEUED_LEASE_SECONDS = int(os.environ.get("JOB_QUEUED_LEASE_SECONDS", "5"))
 JOB_RUNNING_LEASE_SECONDS = int(os.environ.get("JOB_RUNNING_LEASE_SECONDS", "10"))
+
+METRICS_TOKEN = "test-metrics-token"

@@ -1,3 +1,5 @@
+from api.observability import sentry
+
 from . import request_context
 
 
@@ -14,6 +16,7 @@ class RequestIdMiddleware:
         request_id = request_context.sanitize(request.META.get("HTTP_X_REQUEST_ID"))
         request.META["HTTP_X_REQUEST_ID"] = request_id
         request.request_id = request_id
+        sentry.tag(request_id=request_id)
         response = self.get_response(request)
         response["X-Request-ID"] = request_id
         return response

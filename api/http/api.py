@@ -1,4 +1,5 @@
 """The NinjaAPI instance: authentication, the error contract, the OpenAPI document."""
+import sentry_sdk
 import structlog
 from django import db
 from django.http import Http404
@@ -8,6 +9,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from api.core.errors import DomainError, ErrorCode
 from api.http.auth import BearerToken
 from api.http.errors import error_response
+from api.observability import metrics
 
 logger = structlog.get_logger(__name__)
 
@@ -68,8 +70,10 @@ def _database_down(request, exc):
 
 @api.exception_handler(Exception)
 def _unexpected(request, exc):
-    # Logged with its traceback (and sent to Sentry); the caller sees only the request id.
+    # Logged with its traceback and sent to Sentry; the caller sees only the request id.
     logger.exception("http.unhandled_exception", exception_type=type(exc).__name__)
+    metrics.EXCEPTIONS.labels(type(exc).__name__, "web").inc()
+    sentry_sdk.capture_exception(exc)
     return error_response(request, ErrorCode.ERROR, "internal error; quote the request id when reporting it")
 
 

@@ -12,7 +12,7 @@ def enqueue(job) -> bool:
 
     # The job's own request id rides in the task headers (django-structlog), also
     # when the reconciler re-sends it long after the request ended.
-    with structlog.contextvars.bound_contextvars(request_id=job.request_id, job_id=str(job.pk)):
+    with structlog.contextvars.bound_contextvars(request_id=job.request_id, job_id=str(job.pk), job_kind=job.kind):
         try:
             app.send_task(RUN_JOB_TASK, args=[str(job.pk)])
             return True

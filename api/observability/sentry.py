@@ -1,0 +1,65 @@
+"""Sentry for web and worker, on when SENTRY_DSN is set.
+
+One issue per job that fails for good: Celery's integration reports a task whose
+exception escapes (retries exhausted, or an unexpected error) and ignores retries;
+business failures finish the job without raising, so they never reach Sentry.
+"""
+import os
+
+import sentry_sdk
+from sentry_sdk.integrations.celery import CeleryIntegration
+from sentry_sdk.integrations.django import DjangoIntegration
+from sentry_sdk.integrations.logging import LoggingIntegration
+
+from . import pii
+
+
+def _scrub_event(event, hint):
+    """PII out of everything an event carries; failed jobs grouped by kind and exception."""
+    for key in ("extra", "contexts", "request", "breadcrumbs", "user", "logentry", "message"):
+        if key in event:
+            event[key] = pii.scrub(event[key])
+    for exc in (event.get("exception") or {}).get("values", []):
+        if exc.get("value"):
+            exc["value"] = pii.mask_text(exc["value"])
+        for frame in (exc.get("stacktrace") or {}).get("frames", []):
+            if "vars" in frame:
+                frame["vars"] = pii.scrub(frame["vars"])
+    event.pop("user", None)
+    tags = event.get("tags") or {}
+    if "celery_task" in tags and (event.get("exception") or {}).get("values"):
+        # Messages carry job ids; group by what failed, not by which job.
+        exc_type = event["exception"]["values"][-1].get("type", "Exception")
+        event["fingerprint"] = ["job-failed", tags["celery_task"], tags.get("job_kind", "-"), exc_type]
+    return event
+
+
+def init(dsn: str | None = None, **overrides) -> bool:
+    dsn = dsn or os.environ.get("SENTRY_DSN")
+    if not dsn:
+        return False
+    options = dict(
+        dsn=dsn,
+        environment=os.environ.get("SENTRY_ENVIRONMENT", "production"),
+        release=os.environ.get("SENTRY_RELEASE"),
+        send_default_pii=False,
+        traces_sample_rate=float(os.environ.get("SENTRY_TRACES_SAMPLE_RATE", "0")),
+        integrations=[
+            DjangoIntegration(),
+            CeleryIntegration(propagate_traces=True),
+            # Log records become breadcrumbs only: errors are reported from exceptions,
+            # so a failure is one event, not one per log line about it.
+            LoggingIntegration(event_level=None),
+        ],
+        before_send=_scrub_event,
+        before_send_transaction=_scrub_event,
+    )
+    options.update(overrides)
+    sentry_sdk.init(**options)
+    return True
+
+
+def tag(**tags) -> None:
+    for key, value in tags.items():
+        if value:
+            sentry_sdk.set_tag(key, str(value))

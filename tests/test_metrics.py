@@ -1,0 +1,92 @@
+"""A scripted run against the web and a prefork worker (concurrency 2): both expositions
+show the catalogue with exactly the expected increments, pass `promtool check metrics`,
+and keep label cardinality bounded."""
+from pathlib import Path
+
+import pytest
+
+from tests.api_helpers import ok, pay, product, receive, refund, sale
+from tests.conftest import wait_for_job
+from tests.metrics_helpers import cardinality_problems, free_port, promtool_check, samples, scrape, value
+
+TOKEN = "test-metrics-token"
+
+
+@pytest.fixture
+def metered_worker(worker_factory):
+    port = free_port()
+    w = worker_factory(concurrency=2, WORKER_METRICS_PORT=port)
+    w.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    return w
+
+
+def test_scripted_run_counts_exactly_across_prefork_children(client, live_server, metered_worker, tmp_path):
+    web_url = f"{live_server.url}/metrics"
+    web0 = samples(scrape(web_url, TOKEN))
+
+    product(client, "MET")
+    receive(client, "MET", "OLD", 5, -2)  # expired
+    receive(client, "MET", "A", 10, 20)
+    ok_sales = [sale(client, f"M-{i}", [("MET", 2)]) for i in range(4)]
+    short = sale(client, "M-SHORT", [("MET", 50)])
+    expired_only = sale(client, "M-EXP", [("MET", 4)])
+
+    jobs = [pay(client, s["id"]) for s in ok_sales] + [pay(client, short["id"])]
+    finished = [wait_for_job(client, j["id"]) for j in jobs]
+    assert [j["status"] for j in finished] == ["succeeded"] * 4 + ["failed"]
+    # 2 sellable units left, 4 wanted, 5 expired would cover it: expired_batch.
+    finished.append(wait_for_job(client, pay(client, expired_only["id"])["id"]))
+    assert finished[-1]["error"]["code"] == "expired_batch"
+
+    line = ok_sales[0]["lines"][0]["id"]
+    partial = ok(refund(client, ok_sales[0]["id"], "r-1", "partial", [{"sale_line_id": line, "quantity": 1}]), 202)
+    full = ok(refund(client, ok_sales[1]["id"], "r-2"), 202)
+    for j in (partial, full):
+        assert wait_for_job(client, j["job"]["id"])["status"] == "succeeded"
+    over = refund(client, ok_sales[0]["id"], "r-3", "partial", [{"sale_line_id": line, "quantity": 5}])
+    assert over.status_code == 422
+    conflict = refund(client, ok_sales[0]["id"], "r-1", "full")
+    assert conflict.status_code == 409
+
+    worker_text = scrape(metered_worker.metrics_url)
+    web_text = scrape(web_url, TOKEN)
+    w, web = samples(worker_text), samples(web_text)
+
+    # Worker: 8 run_job tasks (6 paid + 2 refunds) over two prefork children add up exactly.
+    children = {p.name.split("_")[-1] for p in Path(tmp_path / "prom-w1").glob("counter_*.db")}
+    assert len(children) >= 2, f"expected files from both pool children, got {children}"
+    assert value(w, "celery_task_outcomes_total", task="stockflow.run_job", outcome="succeeded") == 8
+    assert value(w, "celery_task_attempts_total", task="stockflow.run_job") == 8
+    assert value(w, "celery_task_queue_wait_seconds_count", task="stockflow.run_job") == 8
+    assert value(w, "celery_task_duration_seconds_count", task="stockflow.run_job", outcome="succeeded") == 8
+    assert value(w, "sales_paid_stock_consume_total", result="success") == 4
+    assert value(w, "sales_paid_stock_consume_total", result="insufficient_stock") == 1
+    assert value(w, "sales_paid_stock_consume_total", result="expired_batch") == 1
+    assert value(w, "sales_paid_stock_consume_duration_seconds_count") == 6
+    assert value(w, "sales_transition_total", from_status="draft", to_status="paid", result="success") == 4
+    assert value(w, "sale_refunds_total", type="partial", result="success") == 1
+    assert value(w, "sale_refunds_total", type="full", result="success") == 1
+    assert value(w, "sale_refund_stock_moves_created_total", type="full") == 1
+    assert value(w, "stockflow_jobs_finished_total", kind="sale.paid", status="failed", code="insufficient_stock") == 1
+
+    def delta(name, **labels):
+        return value(web, name, **labels) - value(web0, name, **labels)
+
+    # Web: the API side of the same run.
+    assert delta("sales_transition_total", from_status="draft", to_status="paid", result="accepted") == 6
+    assert delta("http_requests_total", route="/api/sales/<int:sale_id>/transition", method="POST", status="202") == 6
+    assert delta("http_requests_total", route="/api/sales/<int:sale_id>/refunds", method="POST", status="422") == 1
+    assert delta("sale_refund_over_refund_attempts_total") == 1
+    assert delta("sale_refund_idempotency_conflicts_total") == 1
+    assert delta("sale_refunds_total", type="partial", result="over_refund") == 1
+    assert value(web, "stockflow_jobs", status="queued") == 0
+
+    for text in (worker_text, web_text):
+        promtool_check(text)
+        assert cardinality_problems(samples(text)) == []
+    assert len(w) < 600 and len(web) < 1500, "series count must stay bounded"
+
+
+def test_metrics_endpoint_needs_the_token(anon_client):
+    assert anon_client.get("/metrics").status_code == 401
+    assert anon_client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
