@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import logging
 import os
 import shlex
 import signal
@@ -31,6 +32,9 @@ import warnings
 from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
+
+# pgserver logs its own at-exit cleanup at INFO, after output streams may be closed.
+logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 DB_NAME = "stockflow"
 KEYS = ("DATABASE_URL", "REDIS_URL")

@@ -49,6 +49,7 @@ MIDDLEWARE = [
     "api.core.middleware.RequestIdMiddleware",
     "django_structlog.middlewares.RequestMiddleware",
     "api.observability.http.MetricsMiddleware",
+    "api.http.errors.JsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

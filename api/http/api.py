@@ -8,7 +8,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from api.core.errors import DomainError, ErrorCode
 from api.http.auth import BearerToken
-from api.http.errors import error_response
+from api.http.errors import code_for_status, error_response
 from api.observability import metrics
 
 logger = structlog.get_logger(__name__)
@@ -23,9 +23,6 @@ api = NinjaAPI(
     openapi_url="/openapi.json",
 )
 
-_HTTP_CODES = {400: ErrorCode.MALFORMED, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
-               404: ErrorCode.NOT_FOUND, 405: ErrorCode.MALFORMED, 409: ErrorCode.CONFLICT,
-               422: ErrorCode.VALIDATION, 429: ErrorCode.THROTTLED, 503: ErrorCode.UNAVAILABLE}
 
 
 @api.exception_handler(DomainError)
@@ -51,7 +48,7 @@ def _unauthorized(request, exc):
 
 @api.exception_handler(HttpError)
 def _http_error(request, exc: HttpError):
-    code = _HTTP_CODES.get(exc.status_code, ErrorCode.MALFORMED)
+    code = code_for_status(exc.status_code)
     return error_response(request, code, str(exc.message), status=exc.status_code)
 
 
