@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "api.inventory",
     "api.sales",
     "api.jobs",
+    "api.console",
 ]
 
 MIDDLEWARE = [

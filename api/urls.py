@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from api.http import health
 from api.observability import exposition
@@ -13,6 +13,7 @@ urlpatterns = [
     path("readyz", health.readyz),
     path("metrics", exposition.metrics_view),
     path("admin/", admin.site.urls),
+    path("console/", include("api.console.urls")),
 ]
 
 
