@@ -8,6 +8,7 @@ decided after locking, in Python: locking order and consumption order are separa
 """
 from django.db.models import F
 
+from api.core import ids
 from api.inventory.models import StockOnHand
 from api.jobs.models import Job
 from api.sales.models import Sale
@@ -20,6 +21,8 @@ def job(job_id) -> Job | None:
 
 
 def sale(sale_id) -> Sale | None:
+    if not ids.plausible(sale_id):
+        return None
     return Sale.objects.select_for_update(of=("self",)).select_related("location").filter(pk=sale_id).first()
 
 

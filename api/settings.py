@@ -4,6 +4,7 @@ When DATABASE_URL / REDIS_URL are unset, `api.embedded` starts (or reuses) an
 embedded PostgreSQL and Redis under `.state/`, so manage.py, celery, gunicorn and
 pytest all find the same servers.
 """
+import ipaddress
 import os
 from pathlib import Path
 
@@ -43,6 +44,7 @@ INSTALLED_APPS = [
     "api.inventory",
     "api.sales",
     "api.jobs",
+    "api.leads",
     "api.console",
 ]
 
@@ -111,6 +113,14 @@ DJANGO_STRUCTLOG_USER_ID_FIELD = None
 sentry.init()  # only when SENTRY_DSN is set
 # /metrics on the web port answers only to this bearer token (unset: always 401).
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
+# --- public lead form ------------------------------------------------------------------
+LEADS_PER_MINUTE = env_int("LEADS_PER_MINUTE", 2)
+LEADS_PER_HOUR = env_int("LEADS_PER_HOUR", 10)
+# Only these proxies' X-Forwarded-For is believed (comma-separated addresses or CIDRs).
+TRUSTED_PROXIES = [
+    ipaddress.ip_network(n.strip()) for n in os.environ.get("TRUSTED_PROXIES", "").split(",") if n.strip()
+]
 
 # --- jobs -------------------------------------------------------------------
 # A queued job whose broker message may be lost is re-sent after this many seconds.

@@ -8,12 +8,12 @@ from api.http.errors import error_response
 from api.core.errors import ErrorCode
 
 urlpatterns = [
-    path("api/", api.urls),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("metrics", exposition.metrics_view),
     path("admin/", admin.site.urls),
     path("console/", include("api.console.urls")),
+    path("", api.urls),  # /api/... and /public/...
 ]
 
 

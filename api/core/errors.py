@@ -5,6 +5,7 @@ from enum import StrEnum
 
 class ErrorCode(StrEnum):
     MALFORMED = "malformed_request"
+    TOO_LARGE = "payload_too_large"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
@@ -25,6 +26,7 @@ class ErrorCode(StrEnum):
 
 HTTP_STATUS = {
     ErrorCode.MALFORMED: 400,
+    ErrorCode.TOO_LARGE: 413,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,

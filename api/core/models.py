@@ -4,6 +4,8 @@ import secrets
 from django.db import models
 from django.utils import timezone
 
+from . import scopes as scopes_module
+
 TOKEN_PREFIX = "sf_"
 
 
@@ -33,11 +35,34 @@ class ApiToken(models.Model):
         return self.name
 
     @classmethod
-    def issue(cls, name: str, scopes: list[str] | None = None) -> tuple["ApiToken", str]:
+    def issue(cls, name: str, scopes: list[str] | tuple[str, ...] = scopes_module.ALL) -> tuple["ApiToken", str]:
+        unknown = set(scopes) - set(scopes_module.ALL)
+        if unknown:
+            raise ValueError(f"unknown scopes: {', '.join(sorted(unknown))}")
         raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token = cls.objects.create(name=name, token_hash=hash_token(raw), scopes=scopes or [])
+        token = cls.objects.create(name=name, token_hash=hash_token(raw), scopes=list(scopes))
         return token, raw
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes
 
     @classmethod
     def authenticate(cls, raw: str) -> "ApiToken | None":
         return cls.objects.active().filter(token_hash=hash_token(raw)).first()
+
+
+class AuditEntry(models.Model):
+    """Append-only: who asked for which transition or refund, and what came of it.
+    A database trigger refuses UPDATE and DELETE. No PII beyond the token's name."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    token_name = models.CharField(max_length=100)
+    action = models.CharField(max_length=32)  # sale.transition, sale.refund
+    sale_id = models.BigIntegerField(null=True)
+    request_id = models.CharField(max_length=128)
+    outcome = models.CharField(max_length=32)  # accepted, success, or an error code
+    status_code = models.PositiveSmallIntegerField()
+    job_id = models.UUIDField(null=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["sale_id", "created_at"])]

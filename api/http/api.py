@@ -2,6 +2,7 @@
 import sentry_sdk
 import structlog
 from django import db
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -9,6 +10,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from api.core.errors import DomainError, ErrorCode
 from api.http.auth import BearerToken
 from api.http.errors import code_for_status, error_response
+from api.http.parser import StrictParser
 from api.observability import metrics
 
 logger = structlog.get_logger(__name__)
@@ -19,15 +21,19 @@ api = NinjaAPI(
     description="Sale transitions and refunds accepted as durable jobs; stock consumed FEFO by Celery workers.",
     auth=BearerToken(),
     urls_namespace="api",
-    docs_url="/docs",
-    openapi_url="/openapi.json",
+    docs_url="/api/docs",
+    openapi_url="/api/openapi.json",
+    parser=StrictParser(),
 )
 
 
 
 @api.exception_handler(DomainError)
 def _domain_error(request, exc: DomainError):
-    return error_response(request, exc.code, exc.message, details=exc.details)
+    headers = None
+    if exc.code == ErrorCode.THROTTLED and isinstance(exc.details, dict):
+        headers = {"Retry-After": str(exc.details["retry_after"])}
+    return error_response(request, exc.code, exc.message, details=exc.details, headers=headers)
 
 
 @api.exception_handler(ValidationError)
@@ -57,6 +63,16 @@ def _not_found(request, exc):
     return error_response(request, ErrorCode.NOT_FOUND, "not found")
 
 
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request, exc):
+    return error_response(request, ErrorCode.TOO_LARGE, "request body too large")
+
+
+@api.exception_handler(SuspiciousOperation)
+def _suspicious(request, exc):
+    return error_response(request, ErrorCode.MALFORMED, "request refused")
+
+
 @api.exception_handler(db.OperationalError)
 @api.exception_handler(db.InterfaceError)
 def _database_down(request, exc):
@@ -74,4 +90,7 @@ def _unexpected(request, exc):
     return error_response(request, ErrorCode.ERROR, "internal error; quote the request id when reporting it")
 
 
-from api.http import routes  # noqa: E402,F401  (registers the operations)
+from api.http import public, routes  # noqa: E402
+
+api.add_router("/api/", routes.router)
+api.add_router("/public/", public.router)

@@ -3,22 +3,25 @@ import uuid
 from typing import Annotated
 
 from django.http import HttpRequest, HttpResponse
-from ninja import Header, Query
+from ninja import Header, Query, Router
 from ninja.responses import Status
 
+from api.core import scopes
 from api.core.errors import DomainError, ErrorCode
 from api.inventory import services as inventory
 from api.jobs.models import Job
+from api.leads.models import Lead
 from api.sales import services as sales
 
 from . import presenters
-from .api import api
+from .access import audited, scoped
 from .schemas import (
     ErrorOut, JobAccepted, JobOut, ProductIn, ProductOut, ReceiptIn, ReceiptOut, RefundIn, SaleIn, SaleOut,
-    StockRowOut, TransitionIn,
+    LeadOut, StockRowOut, TransitionIn,
 )
 
-ERRORS = {code: ErrorOut for code in (400, 401, 404, 409, 422, 503)}
+router = Router()
+ERRORS = {code: ErrorOut for code in (400, 401, 403, 404, 409, 413, 422, 503)}
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", default=None, max_length=128)]
 
 
@@ -27,13 +30,15 @@ def _accepted(response: HttpResponse, job: Job) -> Status:
     return Status(202, {"job": presenters.job(job)})
 
 
-@api.post("/products", response={201: ProductOut, **ERRORS}, tags=["stock"])
+@router.post("/products", response={201: ProductOut, **ERRORS}, tags=["stock"])
+@scoped(scopes.STOCK_WRITE)
 def create_product(request: HttpRequest, body: ProductIn):
     product = inventory.create_product(body.sku, body.name)
     return Status(201, {"id": product.pk, "sku": product.sku, "name": product.name})
 
 
-@api.post("/receipts", response={201: ReceiptOut, **ERRORS}, tags=["stock"])
+@router.post("/receipts", response={201: ReceiptOut, **ERRORS}, tags=["stock"])
+@scoped(scopes.STOCK_WRITE)
 def create_receipt(request: HttpRequest, body: ReceiptIn):
     move, on_hand = inventory.receive_stock(
         body.sku, body.location, body.lot, body.expires_on, body.quantity, request_id=request.request_id
@@ -45,7 +50,8 @@ def create_receipt(request: HttpRequest, body: ReceiptIn):
     })
 
 
-@api.get("/stock", response={200: list[StockRowOut], **ERRORS}, tags=["stock"])
+@router.get("/stock", response={200: list[StockRowOut], **ERRORS}, tags=["stock"])
+@scoped(scopes.READ)
 def list_stock(
     request: HttpRequest,
     sku: Annotated[str | None, Query(max_length=64)] = None,
@@ -54,23 +60,26 @@ def list_stock(
     return Status(200, [presenters.stock_row(row) for row in inventory.stock_levels(sku, location)])
 
 
-@api.post("/sales", response={201: SaleOut, **ERRORS}, tags=["sales"])
+@router.post("/sales", response={201: SaleOut, **ERRORS}, tags=["sales"])
+@scoped(scopes.SALES_WRITE)
 def create_sale(request: HttpRequest, body: SaleIn):
     sale = sales.create_sale(body.number, body.location, [line.dict() for line in body.lines])
     return Status(201, presenters.sale(sale))
 
 
-@api.get("/sales/{int:sale_id}", response={200: SaleOut, **ERRORS}, tags=["sales"])
+@router.get("/sales/{int:sale_id}", response={200: SaleOut, **ERRORS}, tags=["sales"])
+@scoped(scopes.READ)
 def get_sale(request: HttpRequest, sale_id: int):
     return Status(200, presenters.sale(sales.get_sale(sale_id)))
 
 
-@api.post(
+@router.post(
     "/sales/{int:sale_id}/transition",
     response={200: SaleOut, 202: JobAccepted, **ERRORS},
     tags=["sales"],
     summary="Change a sale's status; `paid` is accepted as a job (202)",
 )
+@audited("sale.transition", scopes.SALES_WRITE)
 def transition_sale(
     request: HttpRequest, response: HttpResponse, sale_id: int, body: TransitionIn,
     idempotency_key: IdempotencyKey = None,
@@ -81,7 +90,8 @@ def transition_sale(
     return Status(200, presenters.sale(sales.transition(sale_id, body.to_status)))
 
 
-@api.post("/sales/{int:sale_id}/refunds", response={202: JobAccepted, **ERRORS}, tags=["sales"])
+@router.post("/sales/{int:sale_id}/refunds", response={202: JobAccepted, **ERRORS}, tags=["sales"])
+@audited("sale.refund", scopes.REFUNDS_WRITE)
 def create_refund(
     request: HttpRequest, response: HttpResponse, sale_id: int, body: RefundIn,
     idempotency_key: IdempotencyKey = None,
@@ -95,9 +105,27 @@ def create_refund(
     return _accepted(response, job)
 
 
-@api.get("/jobs/{uuid:job_id}", response={200: JobOut, **ERRORS}, tags=["jobs"])
+@router.get("/jobs/{uuid:job_id}", response={200: JobOut, **ERRORS}, tags=["jobs"])
+@scoped(scopes.READ)
 def get_job(request: HttpRequest, job_id: uuid.UUID):
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
         raise DomainError(ErrorCode.NOT_FOUND, f"job {job_id} not found")
     return Status(200, presenters.job(job))
+
+
+@router.get("/leads", response={200: list[LeadOut], **ERRORS}, tags=["leads"])
+@scoped(scopes.LEADS_READ)
+def list_leads(
+    request: HttpRequest,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before_id: Annotated[int | None, Query(ge=1)] = None,
+):
+    leads = Lead.objects.order_by("-id")
+    if before_id:
+        leads = leads.filter(id__lt=before_id)
+    return Status(200, [
+        {"id": l.pk, "name": l.name, "email": l.email, "phone": l.phone, "message": l.message,
+         "source": l.source, "created_at": l.created_at}
+        for l in leads[:limit]
+    ])

@@ -147,3 +147,26 @@ class RefundIn(Schema):
         if self.kind == "full" and self.lines:
             raise ValueError("a full refund takes no lines")
         return self
+
+
+class LeadIn(Schema):
+    name: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    email: Annotated[StrictStr, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+    phone: Annotated[StrictStr, Field(max_length=32, pattern=r"^\+?[0-9 ().\-]{5,32}$")] | None = None
+    message: Annotated[StrictStr, Field(max_length=5000)] = ""
+    source: Annotated[StrictStr, Field(max_length=64, pattern=r"^[A-Za-z0-9._\-]*$")] = ""
+
+
+class LeadCreated(Schema):
+    id: int
+    status: Literal["received"]
+
+
+class LeadOut(Schema):
+    id: int
+    name: str
+    email: str
+    phone: str
+    message: str
+    source: str
+    created_at: datetime.datetime

@@ -87,3 +87,10 @@ TASK_RETRIES = Counter(
     "celery_task_retries_total", "Task retries scheduled, by reason (deadlock|serialization|db_unavailable|broker|other).",
     ["task", "reason"],
 )
+
+# --- public leads (seed flow 3, web) --------------------------------------------------------
+LEADS_REQUESTS = Counter(
+    "public_leads_requests_total", "Public lead submissions, by result (created|invalid|throttled|error).", ["result"]
+)
+LEADS_THROTTLED = Counter("public_leads_throttled_total", "Lead submissions throttled, by window (minute|hour).", ["scope"])
+LEADS_429 = Counter("public_leads_429_total", "429 answers sent by the public lead form.")

@@ -12,6 +12,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from api import lock_objects
+from api.core import ids
 from api.core.errors import DomainError, ErrorCode
 from api.inventory import fefo
 from api.inventory import services as inventory
@@ -30,7 +31,7 @@ REFUNDABLE = {S.PAID, S.PARTIALLY_REFUNDED}
 
 
 def get_sale(sale_id) -> Sale:
-    sale = Sale.objects.select_related("location").filter(pk=sale_id).first()
+    sale = Sale.objects.select_related("location").filter(pk=sale_id).first() if ids.plausible(sale_id) else None
     if sale is None:
         raise DomainError(ErrorCode.NOT_FOUND, f"sale {sale_id} not found")
     return sale

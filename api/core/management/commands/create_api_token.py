@@ -1,5 +1,6 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
+from api.core import scopes
 from api.core.models import ApiToken
 
 
@@ -8,8 +9,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("name")
+        parser.add_argument(
+            "--scopes", default=",".join(scopes.ALL),
+            help=f"comma-separated, from: {', '.join(scopes.ALL)} (default: all)",
+        )
 
-    def handle(self, *args, name, **options):
-        token, raw = ApiToken.issue(name)
-        self.stdout.write(f"Created token {token.name!r} (id {token.pk}). It is shown only once:")
+    def handle(self, *args, name, scopes, **options):
+        try:
+            token, raw = ApiToken.issue(name, [s.strip() for s in scopes.split(",") if s.strip()])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"Created token {token.name!r} (id {token.pk}, scopes {', '.join(token.scopes)}). "
+                          "It is shown only once:")
         self.stdout.write(raw)
