@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 PORT  ?= 8000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test demo check-ledger services-stop lock
+.PHONY: install run test demo check-ledger services-stop lock exporter-install exporter-lock
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP)
 
 ## Start web, worker and beat in the foreground (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set).
-run: install
+run: install exporter-install
 	mkdir -p .state
 	$(PY) manage.py migrate --noinput
 	@echo
@@ -44,3 +44,11 @@ services-stop: install
 ## Re-resolve the lock file from pyproject.toml (needs network).
 lock:
 	$(PY) -m pip install --quiet uv && $(VENV)/bin/uv pip compile pyproject.toml --extra test -o requirements.lock --python-version 3.11
+
+## celery-exporter's own venv (.venv-exporter) from exporter/requirements.lock.
+exporter-install:
+	bin/celery-exporter --install
+
+## Re-resolve exporter/requirements.lock (needs network).
+exporter-lock: install
+	$(PY) -m pip install --quiet uv && $(VENV)/bin/uv pip compile exporter/requirements.in -o exporter/requirements.lock --python-version 3.11

@@ -28,9 +28,14 @@ def env_int(name: str, default: int) -> int:
 embedded.ensure_services()
 
 DEBUG = env_bool("DJANGO_DEBUG")
-# A dev-only fallback key: production must set DJANGO_SECRET_KEY (check --deploy says so).
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-insecure-stockflow-key-change-me")
-ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "*").split(",") if h]
+# production: HTTPS-only cookies, HSTS, SSL redirect; `manage.py check --deploy` passes.
+PRODUCTION = os.environ.get("STOCKFLOW_ENV", "development") == "production"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if PRODUCTION:
+        raise RuntimeError("DJANGO_SECRET_KEY must be set when STOCKFLOW_ENV=production")
+    SECRET_KEY = "django-insecure-dev-only-stockflow-key"  # dev and tests only
+ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "*" if not PRODUCTION else "").split(",") if h]
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
@@ -101,6 +106,24 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / ".state" / "static"
 
 APPEND_SLASH = False
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # JSON bodies here are small; refuse floods early
+
+# --- security headers and cookies ---------------------------------------------------------
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+if PRODUCTION:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")  # TLS ends at the proxy
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]  # probes and scrapes speak plain HTTP inside
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 # --- observability --------------------------------------------------------------------
 LOGGING_CONFIG = None  # applied below, once, by the one logging module

@@ -6,16 +6,20 @@ the locks and break an invariant (on-hand == Σ moves, a paid sale's moves == it
 lines, refunds ≤ sold), i.e. turn A1 red. Stock comes in through POST /api/receipts,
 sales move through the API. Products, locations and a batch's expiry date can be
 corrected here. API tokens: the hash is never shown; issue them with
-`manage.py create_api_token` (the raw token is shown once), revoke them here.
+`manage.py create_api_token` (the raw token is shown once), revoke them here. The
+audit trail is append-only (a database trigger) and read-only here; leads too.
 """
+from django import forms
 from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from api.core.models import ApiToken
+from api.core import scopes as token_scopes
+from api.core.models import ApiToken, AuditEntry
 from api.inventory.models import Batch, Location, Product, StockMove, StockOnHand
 from api.jobs.models import Job
+from api.leads.models import Lead
 from api.sales.models import Refund, RefundLine, Sale, SaleLine
 
 admin.site.site_header = "stockflow admin"
@@ -227,9 +231,20 @@ def revoke_tokens(modeladmin, request, queryset):
     modeladmin.message_user(request, f"Revoked {n} token(s).", messages.SUCCESS)
 
 
+class ApiTokenForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=[(s, s) for s in token_scopes.ALL], widget=forms.CheckboxSelectMultiple, required=False
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ("name", "scopes")
+
+
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
     # token_hash is never displayed, listed, searched or editable.
+    form = ApiTokenForm
     fields = ("name", "scopes", "created_at", "last_used_at", "revoked_at")
     readonly_fields = ("created_at", "last_used_at", "revoked_at")
     list_display = ("name", "scopes", "created_at", "last_used_at", "revoked_at")
@@ -243,3 +258,32 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # revoke instead: the token's name stays for the audit trail
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    """Append-only in the database too (a trigger refuses UPDATE and DELETE)."""
+
+    list_display = ("created_at", "token_name", "action", "sale_id", "outcome", "status_code", "request_id",
+                    "job_link")
+    list_filter = ("action", "outcome", "status_code")
+    search_fields = ("request_id", "token_name")
+    ordering = ("-created_at",)
+
+    @admin.display(description="job")
+    def job_link(self, obj):
+        return _console_job_link(obj.job_id)
+
+
+# --- leads --------------------------------------------------------------------------
+
+
+@admin.register(Lead)
+class LeadAdmin(ReadOnlyAdmin):
+    """Contact-form submissions (personal data: shown to staff here, nowhere else)."""
+
+    list_display = ("created_at", "name", "email", "phone", "source")
+    list_filter = ("source",)
+    search_fields = ("email", "name")
+    ordering = ("-created_at",)
+    exclude = ("client_hash",)

@@ -165,8 +165,8 @@ class A1:
             return f"{len(rows)}+" if len(rows) >= 20 else str(len(rows))
 
         return (
-            f"{n(self.negative)} batches with negative on-hand, {n(self.mismatched)} where "
-            f"on-hand ≠ Σ moves (of {self.batches} batches, {self.moves} moves)"
+            f"negative on-hand: {n(self.negative)} · on-hand ≠ Σ moves: {n(self.mismatched)} "
+            f"(checked {self.batches} batches, {self.moves} moves)"
         )
 
 

@@ -1,0 +1,129 @@
+"""The public lead form: stored, validated, throttled per client across web processes, no PII in logs."""
+import ipaddress
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings
+
+from api.core import scopes
+from api.core.models import ApiToken
+from api.leads.models import Lead
+from tests.conftest import ROOT, _subprocess_env
+from tests.metrics_helpers import free_port, samples, scrape, value
+
+LEAD = {"name": "Ada Lovelace", "email": "ada@example.org", "phone": "+44 20 7946 0958",
+        "message": "Please call me about bulk orders", "source": "website"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_budget(broker):
+    for key in broker.scan_iter("stockflow:throttle:*"):
+        broker.delete(key)
+
+
+def away_from_minute_boundary():
+    # Fixed one-minute windows: don't let a test's three requests straddle two windows.
+    if time.time() % 60 > 50:
+        time.sleep(61 - time.time() % 60)
+
+
+def test_lead_is_stored_and_listed_with_the_right_scope(anon_client, live_server, caplog):
+    r = anon_client.post("/public/leads", json=LEAD)
+    assert r.status_code == 201, r.text
+    lead = Lead.objects.get(pk=r.json()["id"])
+    assert (lead.name, lead.email, lead.phone, lead.source) == (LEAD["name"], LEAD["email"], LEAD["phone"], "website")
+    assert len(lead.client_hash) == 16 and "127.0.0.1" not in lead.client_hash
+
+    _, reader = ApiToken.issue("sales", [scopes.READ])
+    _, leads_reader = ApiToken.issue("crm", [scopes.LEADS_READ])
+    with httpx.Client(base_url=live_server.url) as c:
+        assert c.get("/api/leads", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+        listed = c.get("/api/leads", headers={"Authorization": f"Bearer {leads_reader}"}).json()
+    assert listed[0]["email"] == LEAD["email"]
+
+    logged = json.dumps([r.msg for r in caplog.records if isinstance(r.msg, dict)], default=str)
+    assert "public.lead.created" in logged
+    for pii in (LEAD["name"], LEAD["email"], LEAD["phone"], "Ada", "127.0.0.1"):
+        assert pii not in logged, f"{pii!r} reached the logs"
+
+
+def test_invalid_lead_is_422_with_field_messages_and_stores_nothing(anon_client):
+    r = anon_client.post("/public/leads", json={"name": "", "email": "not-an-email", "phone": "call me"})
+    assert r.status_code == 422
+    fields = {d["field"] for d in r.json()["error"]["details"]}
+    assert {"name", "email", "phone"} <= fields
+    assert anon_client.post("/public/leads", content=b"{nope").status_code == 400
+    assert not Lead.objects.exists()
+
+
+def test_forwarded_for_is_ignored_unless_the_proxy_is_trusted(anon_client, settings):
+    away_from_minute_boundary()
+    spoofed = [anon_client.post("/public/leads", json=LEAD, headers={"X-Forwarded-For": f"203.0.113.{i}"})
+               for i in range(3)]
+    assert [r.status_code for r in spoofed] == [201, 201, 429]  # one client, whatever it claims
+
+    settings.TRUSTED_PROXIES = [ipaddress.ip_network("127.0.0.0/8")]
+    behind_proxy = [anon_client.post("/public/leads", json=LEAD, headers={"X-Forwarded-For": f"198.51.100.{i}"})
+                    for i in range(3)]
+    assert [r.status_code for r in behind_proxy] == [201, 201, 201]  # three real clients behind our proxy
+
+
+class WebProcess:
+    """bin/web (gunicorn) as a subprocess on the test database and broker."""
+
+    def __init__(self, tmp_path: Path, name: str):
+        self.port = free_port()
+        self.log = tmp_path / f"web-{name}.log"
+        self.proc = subprocess.Popen(
+            [str(ROOT / "bin" / "web")], cwd=ROOT, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+            env=_subprocess_env(PORT=self.port, WEB_CONCURRENCY=1, BIND_HOST="127.0.0.1",
+                                PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"prom-web-{name}"),
+                                METRICS_TOKEN="test-metrics-token"),
+            start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(self.log.read_text())
+
+    def stop(self):
+        os.killpg(self.proc.pid, 15)
+        self.proc.wait(timeout=20)
+
+
+def test_third_lead_in_a_minute_is_429_across_two_web_processes(tmp_path, transactional_db, broker):
+    webs = [WebProcess(tmp_path, "a"), WebProcess(tmp_path, "b")]
+    try:
+        away_from_minute_boundary()
+        answers = [httpx.post(f"{w.url}/public/leads", json=LEAD, timeout=10) for w in (webs[0], webs[1], webs[0])]
+        assert [a.status_code for a in answers] == [201, 201, 429], [a.text for a in answers]
+        third = answers[2]
+        assert 0 < int(third.headers["Retry-After"]) <= 60
+        assert third.json()["error"]["code"] == "throttled"
+        assert Lead.objects.count() == 2
+
+        metrics = samples(scrape(f"{webs[0].url}/metrics", "test-metrics-token"))
+        assert value(metrics, "public_leads_429_total") == 1
+        assert value(metrics, "public_leads_throttled_total", scope="minute") == 1
+        assert value(metrics, "public_leads_requests_total", result="created") == 1  # this process's share
+        log = webs[0].log.read_text()
+        assert "public.lead.throttled" in log and "127.0.0.1" not in log and LEAD["email"] not in log
+    finally:
+        for w in webs:
+            w.stop()
+
+
+def test_hourly_budget(anon_client, settings):
+    settings.LEADS_PER_MINUTE = 100
+    answers = [anon_client.post("/public/leads", json=LEAD).status_code for _ in range(11)]
+    assert answers == [201] * 10 + [429]
