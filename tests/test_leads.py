@@ -112,7 +112,9 @@ def test_third_lead_in_a_minute_is_429_across_two_web_processes(tmp_path, transa
         assert third.json()["error"]["code"] == "throttled"
         assert Lead.objects.count() == 2
 
-        metrics = samples(scrape(f"{webs[0].url}/metrics", "test-metrics-token"))
+        text = scrape(f"{webs[0].url}/metrics", "test-metrics-token")
+        assert not any(pii in text for pii in (LEAD["name"], LEAD["email"], LEAD["phone"], "127.0.0.1"))
+        metrics = samples(text)
         assert value(metrics, "public_leads_429_total") == 1
         assert value(metrics, "public_leads_throttled_total", scope="minute") == 1
         assert value(metrics, "public_leads_requests_total", result="created") == 1  # this process's share

@@ -39,3 +39,24 @@ def test_request_id_travels_from_header_through_task_headers_to_worker_logs(clie
     consumed = next(l for l in worker_lines if l["event"] == "sale.paid.stock_consumed")
     assert consumed["job_id"] == job["id"] and consumed["stock_moves_count"] == 1 and consumed["total_quantity"] == 2
     assert all(l.get("task_id") for l in worker_lines)
+
+
+def test_a_job_resent_by_the_reconciler_keeps_its_original_request_id(client, worker_factory, broker):
+    from api.jobs import services as jobs
+    from api.jobs.models import Job
+
+    product(client, "RID2")
+    receive(client, "RID2", "L1", 5, 30)
+    s = sale(client, "S-RID2", [("RID2", 1)])
+    rid = "original-request-0002"
+    job = ok(client.post(f"/api/sales/{s['id']}/transition", json={"to_status": "paid"},
+                         headers={"X-Request-ID": rid}), 202)["job"]
+    broker.delete("celery")  # the broker lost the message before any worker saw it
+    Job.objects.filter(pk=job["id"]).update(lease_expires_at=Job.objects.get(pk=job["id"]).created_at)
+    worker = worker_factory()
+
+    assert jobs.reconcile() == 1  # what beat does every few seconds
+    assert wait_for_job(client, job["id"])["status"] == "succeeded"
+    lines = [l for l in json_lines(worker.log()) if l.get("job_id") == job["id"]]
+    assert lines and all(l["request_id"] == rid for l in lines)
+    assert any(l["event"] == "sale.paid.stock_consumed" for l in lines)
