@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 PORT  ?= 8000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test demo check-ledger services-stop lock exporter-install exporter-lock
+.PHONY: install run test demo check-ledger services-stop lock exporter-install exporter-lock check-monitoring
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -52,3 +52,8 @@ exporter-install:
 ## Re-resolve exporter/requirements.lock (needs network).
 exporter-lock: install
 	$(PY) -m pip install --quiet uv && $(VENV)/bin/uv pip compile exporter/requirements.in -o exporter/requirements.lock --python-version 3.11
+
+## Validate monitoring/ with promtool and amtool (installs them from Debian packages if missing).
+check-monitoring:
+	monitoring/install-tools.sh
+	monitoring/check.sh

@@ -9,6 +9,7 @@ import os
 import time
 from datetime import datetime
 
+import structlog
 from celery import signals
 from django_structlog.celery.steps import DjangoStructLogInitStep
 from prometheus_client import start_http_server
@@ -19,6 +20,8 @@ from api.observability.exposition import process_registry
 from workers.celery_app import app
 from workers.heartbeat import Heartbeat
 from workers.transient import TransientError
+
+logger = structlog.get_logger(__name__)
 
 app.steps["worker"].add(DjangoStructLogInitStep)
 app.steps["worker"].add(Heartbeat)
@@ -80,7 +83,11 @@ def _serve_metrics(sender=None, **kwargs):
     # Main process only: one exposition summing every child's values.
     port = int(os.environ.get("WORKER_METRICS_PORT", "0") or 0)
     if port:
-        start_http_server(port, addr=os.environ.get("WORKER_METRICS_ADDR", "127.0.0.1"), registry=process_registry())
+        addr = os.environ.get("WORKER_METRICS_ADDR", "127.0.0.1")
+        try:
+            start_http_server(port, addr=addr, registry=process_registry())
+        except OSError as exc:  # e.g. a second worker on this host with the same port
+            logger.error("worker.metrics_port_unavailable", port=port, error=str(exc))
 
 
 @signals.worker_process_shutdown.connect
