@@ -153,6 +153,9 @@ JOB_RUNNING_LEASE_SECONDS = env_int("JOB_RUNNING_LEASE_SECONDS", 90)
 # A job delivered more often than this (e.g. a poison message killing workers) fails for good.
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 10)
 JOB_RECONCILE_INTERVAL_SECONDS = env_int("JOB_RECONCILE_INTERVAL_SECONDS", 5)
+# Transient faults: exponential backoff with full jitter, at most this many retries.
+JOB_MAX_RETRIES = env_int("JOB_MAX_RETRIES", 5)
+JOB_RETRY_BACKOFF_MAX_SECONDS = env_int("JOB_RETRY_BACKOFF_MAX_SECONDS", 30)
 # readyz: a worker must have sent a heartbeat within this many seconds.
 WORKER_HEARTBEAT_MAX_AGE_SECONDS = env_int("WORKER_HEARTBEAT_MAX_AGE_SECONDS", 30)
 

@@ -1,6 +1,7 @@
 """Celery tasks: load ids, call one service, record the outcome."""
 import structlog
 from celery import Task
+from django.conf import settings
 from django.db import connection
 
 from api.inventory import ledger
@@ -19,9 +20,9 @@ class JobTask(Task):
     When retries run out the job is failed with code `error` (and reported once)."""
 
     autoretry_for = (TransientError,)
-    max_retries = 5
+    max_retries = settings.JOB_MAX_RETRIES
     retry_backoff = 1
-    retry_backoff_max = 30
+    retry_backoff_max = settings.JOB_RETRY_BACKOFF_MAX_SECONDS
     retry_jitter = True
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
