@@ -293,3 +293,27 @@ def test_business_failures_successes_and_retries_send_no_event(client, web_sentr
     server.wait_for(lambda s: len([t for t in s.transactions() if t.get("transaction") == TASK]) >= 4)
     time.sleep(QUIET_SECONDS)
     assert error_events(server) == [], [e.get("exception") or e.get("message") for e in error_events(server)]
+
+
+def test_retries_exhausted_fail_the_job_and_send_exactly_one_event(client, web_sentry, sentry_worker):
+    """A transient fault that never clears: the worker retries (bounded) and then the job
+    fails with `error` and one Sentry event, not one per attempt."""
+    server = web_sentry
+    sentry_worker(PGOPTIONS="-c lock_timeout=200", JOB_MAX_RETRIES=2, JOB_RETRY_BACKOFF_MAX_SECONDS=1)
+    product(client, "SNT-STUCK")
+    batch = receive(client, "SNT-STUCK", "L1", 5, 30)
+    s = sale(client, "S-SENTRY-STUCK", [("SNT-STUCK", 1)])
+    with psycopg.connect(**connection.get_connection_params()) as holder:
+        holder.execute("SELECT 1 FROM inventory_stockonhand WHERE batch_id = %s FOR UPDATE", [batch["batch_id"]])
+        job = wait_for_job(client, pay(client, s["id"])["id"], timeout=30)
+        holder.rollback()
+    assert job["status"] == "failed" and job["error"]["code"] == "error", job
+    assert job["attempts"] == 3  # the first try and two retries
+    assert "TransientError" in job["error"]["message"]
+    server.wait_for(lambda srv: len(error_events(srv)) >= 1)
+    time.sleep(QUIET_SECONDS)
+    events = error_events(server)
+    assert len(events) == 1, [e.get("exception") for e in events]
+    assert events[0]["tags"]["job_kind"] == "sale.paid" and events[0]["tags"]["celery_task"] == "stockflow.run_job"
+    assert events[0]["fingerprint"] == ["job-failed", "stockflow.run_job", "sale.paid", "TransientError"]
+    assert ok(client.get(f"/api/sales/{s['id']}"), 200)["status"] == "draft"  # nothing written
