@@ -19,6 +19,7 @@ install: $(STAMP)
 run: install exporter-install
 	mkdir -p .state
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v0
 	@echo
 	@echo "  stockflow API:  http://127.0.0.1:$(PORT)/api/   (docs: /api/docs, OpenAPI: /api/openapi.json)"
 	@echo "  get a token:    $(PY) manage.py create_api_token my-name   (last line printed)"

@@ -12,7 +12,7 @@ import dj_database_url
 
 from api import embedded
 from api.observability import logging as log_config
-from api.observability import sentry
+from api.observability import sentry, tracing
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -59,6 +59,7 @@ MIDDLEWARE = [
     "api.observability.http.MetricsMiddleware",
     "api.http.errors.JsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -104,6 +105,11 @@ USE_TZ = True
 USE_I18N = False
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / ".state" / "static"
+# Admin and console assets served by the app itself (no build step; `collectstatic` in make run / the image).
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
 APPEND_SLASH = False
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # JSON bodies here are small; refuse floods early
@@ -126,6 +132,7 @@ if PRODUCTION:
     CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 # --- observability --------------------------------------------------------------------
+tracing.init()  # only when OTEL_EXPORTER_OTLP_ENDPOINT is set; before logging, which then adds trace ids
 LOGGING_CONFIG = None  # applied below, once, by the one logging module
 LOGGING = log_config.logging_dict()
 log_config.configure()

@@ -2,6 +2,7 @@
 *process* (prefork), the API served over HTTP by pytest-django's live server."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,6 +71,41 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+class WebProcess:
+    """bin/web (gunicorn) as a subprocess on the test database and broker."""
+
+    def __init__(self, tmp_path: Path, name: str, **env):
+        self.port = _free_port()
+        self.log = tmp_path / f"web-{name}.log"
+        self.proc = subprocess.Popen(
+            [str(ROOT / "bin" / "web")], cwd=ROOT, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+            env=_subprocess_env(PORT=self.port, WEB_CONCURRENCY=1, BIND_HOST="127.0.0.1",
+                                PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"prom-web-{name}"),
+                                METRICS_TOKEN="test-metrics-token", **env),
+            start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(self.log.read_text())
+
+    def stop(self):
+        os.killpg(self.proc.pid, 15)
+        self.proc.wait(timeout=20)
+
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

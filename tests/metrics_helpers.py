@@ -1,17 +1,13 @@
 """Scrape and read Prometheus expositions in tests."""
 import re
 import shutil
-import socket
 import subprocess
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import _free_port as free_port  # noqa: E402,F401
 
 
 def scrape(url: str, token: str | None = None) -> str:

@@ -1,10 +1,7 @@
 """The public lead form: stored, validated, throttled per client across web processes, no PII in logs."""
 import ipaddress
 import json
-import os
-import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -13,8 +10,8 @@ from django.conf import settings
 from api.core import scopes
 from api.core.models import ApiToken
 from api.leads.models import Lead
-from tests.conftest import ROOT, _subprocess_env
-from tests.metrics_helpers import free_port, samples, scrape, value
+from tests.conftest import WebProcess
+from tests.metrics_helpers import samples, scrape, value
 
 LEAD = {"name": "Ada Lovelace", "email": "ada@example.org", "phone": "+44 20 7946 0958",
         "message": "Please call me about bulk orders", "source": "website"}
@@ -71,34 +68,6 @@ def test_forwarded_for_is_ignored_unless_the_proxy_is_trusted(anon_client, setti
     behind_proxy = [anon_client.post("/public/leads", json=LEAD, headers={"X-Forwarded-For": f"198.51.100.{i}"})
                     for i in range(3)]
     assert [r.status_code for r in behind_proxy] == [201, 201, 201]  # three real clients behind our proxy
-
-
-class WebProcess:
-    """bin/web (gunicorn) as a subprocess on the test database and broker."""
-
-    def __init__(self, tmp_path: Path, name: str):
-        self.port = free_port()
-        self.log = tmp_path / f"web-{name}.log"
-        self.proc = subprocess.Popen(
-            [str(ROOT / "bin" / "web")], cwd=ROOT, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-            env=_subprocess_env(PORT=self.port, WEB_CONCURRENCY=1, BIND_HOST="127.0.0.1",
-                                PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"prom-web-{name}"),
-                                METRICS_TOKEN="test-metrics-token"),
-            start_new_session=True,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError(self.log.read_text())
-
-    def stop(self):
-        os.killpg(self.proc.pid, 15)
-        self.proc.wait(timeout=20)
 
 
 def test_third_lead_in_a_minute_is_429_across_two_web_processes(tmp_path, transactional_db, broker):

@@ -120,10 +120,18 @@ def job_window(window: str, now: datetime.datetime | None = None) -> JobWindow:
     return w
 
 
-def failures(since: datetime.datetime, limit: int = FAILURES_LIMIT) -> list[Job]:
-    """The latest failed jobs created in the window (index range scan, newest first)."""
+def parse_code(value: str | None) -> str | None:
+    return value if value in {c.value for c in ErrorCode} else None
+
+
+def failures(since: datetime.datetime, code: str | None = None, limit: int = FAILURES_LIMIT) -> list[Job]:
+    """The latest failed jobs created in the window, optionally of one error code
+    (index range scan, newest first)."""
+    qs = Job.objects.filter(status=Job.Status.FAILED, created_at__gte=since)
+    if code:
+        qs = qs.filter(error_code=code)
     return list(
-        Job.objects.filter(status=Job.Status.FAILED, created_at__gte=since)
+        qs
         .select_related("sale")
         .only("id", "kind", "sale__number", "status", "attempts", "error_code", "error_message",
               "request_id", "created_at", "finished_at")

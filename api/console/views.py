@@ -47,7 +47,12 @@ def links() -> dict:
 
 
 def _age(delta) -> str:
-    seconds = int(delta.total_seconds())
+    exact = delta.total_seconds()
+    if exact < 1:
+        return f"{max(exact, 0) * 1000:.0f} ms"
+    if exact < 10:
+        return f"{exact:.1f} s"
+    seconds = int(exact)
     if seconds < 120:
         return f"{seconds} s"
     if seconds < 7200:
@@ -71,6 +76,7 @@ def overview(request):
     started = time.perf_counter()
     now = timezone.now()
     window = figures.parse_window(request.GET.get("window"))
+    code = figures.parse_code(request.GET.get("code"))
     jobs = figures.job_window(window, now)
     report = ledger.check()
     oldest = {
@@ -107,7 +113,8 @@ def overview(request):
         "retried": [(s, jobs.retried_by_status.get(s, 0)) for s in statuses],
         "table": table,
         "failed_by_code": sorted(jobs.failed_by_code.items(), key=lambda kv: (-kv[1], kv[0])),
-        "failures": figures.failures(jobs.since),
+        "failures": figures.failures(jobs.since, code),
+        "code": code,
         "failures_limit": figures.FAILURES_LIMIT,
         "backlog": backlog,
         "a1": figures.a1(report),

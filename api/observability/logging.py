@@ -10,7 +10,7 @@ import os
 
 import structlog
 
-from . import pii
+from . import pii, tracing
 
 _PRE_CHAIN = [
     structlog.contextvars.merge_contextvars,
@@ -18,6 +18,10 @@ _PRE_CHAIN = [
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
+
+
+def _pre_chain() -> list:
+    return [*_PRE_CHAIN, tracing.add_trace_ids] if tracing.enabled() else list(_PRE_CHAIN)
 
 
 def _json(value) -> str:
@@ -33,7 +37,7 @@ def logging_dict(level: str | None = None) -> dict:
         "formatters": {
             "json": {
                 "()": structlog.stdlib.ProcessorFormatter,
-                "foreign_pre_chain": _PRE_CHAIN,
+                "foreign_pre_chain": _pre_chain(),
                 "processors": [
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info,
@@ -55,7 +59,7 @@ def configure_structlog() -> None:
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
-            *_PRE_CHAIN,
+            *_pre_chain(),
             structlog.processors.StackInfoRenderer(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

@@ -1,0 +1,351 @@
+"""A reusable HTTP load generator for stockflow: sales paid through the public API.
+
+    manage.py loadgen --url http://127.0.0.1:8000 --token sf_... --rate 200 --duration 10 --lines 3 --skus 50
+
+1. setup (unless --no-setup): the SKUs `<prefix>000..` exist (POST /api/products, 409 = already
+   there) and each gets 5 batches of stock at --location (POST /api/receipts);
+2. the sales are created as drafts (POST /api/sales), before anything is timed;
+3. timed: POST /api/sales/{id}/transition {"to_status": "paid"} for each sale, either
+   open-loop at --rate requests/s (sends follow a fixed clock whatever the answers, so a
+   slow server shows as queueing; latency is measured from the *scheduled* send time) or,
+   with --rate 0, closed-loop as fast as --concurrency requests in flight allow;
+4. with --wait-jobs: GET /api/jobs/{id} until every accepted job is finished, and jobs/s =
+   jobs / (last finished_at - first created_at).
+
+Prints one JSON document. Only HTTP: it works against any stockflow deployment.
+The asyncio engine (open_loop, closed_loop, summarize) is importable (bench/ uses it).
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import httpx
+from django.core.management.base import BaseCommand, CommandError
+
+BATCHES_PER_SKU = 5
+TERMINAL = ("succeeded", "failed")
+
+
+# --- the engine ----------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    index: int
+    scheduled: float  # loop clock; == sent for closed-loop
+    sent: float
+    done: float
+    status: int  # HTTP status, 0 = transport error / timeout
+    error: str = ""
+    body: dict | None = None
+
+    @property
+    def latency(self) -> float:  # from the scheduled send time (open-loop: includes client lag)
+        return self.done - self.scheduled
+
+    @property
+    def service_time(self) -> float:  # from the actual send
+        return self.done - self.sent
+
+
+Request = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
+
+
+async def _one(client: httpx.AsyncClient, request: Request, i: int, scheduled: float, keep_body: bool) -> Sample:
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    try:
+        resp = await request(client, i)
+        done = loop.time()
+        body = None
+        if keep_body:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = None
+        return Sample(i, scheduled, sent, done, resp.status_code, body=body)
+    except httpx.HTTPError as exc:
+        return Sample(i, scheduled, sent, loop.time(), 0, error=type(exc).__name__)
+
+
+async def open_loop(client: httpx.AsyncClient, request: Request, count: int, rate: float,
+                    keep_body: bool = True) -> tuple[list[Sample], dict]:
+    """Send request(client, i) for i in range(count) at `rate`/s on a fixed schedule,
+    never waiting for answers. Returns the samples and generator facts (send lag)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+    tasks, lags = [], []
+    flight = {"now": 0, "max": 0}
+
+    def finished(_task):
+        flight["now"] -= 1
+
+    for i in range(count):
+        scheduled = start + i / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lags.append(max(0.0, loop.time() - scheduled))
+        task = asyncio.ensure_future(_one(client, request, i, scheduled, keep_body))
+        flight["now"] += 1
+        flight["max"] = max(flight["max"], flight["now"])
+        task.add_done_callback(finished)
+        tasks.append(task)
+    samples = await asyncio.gather(*tasks)
+    lags.sort()
+    return list(samples), {
+        "send_lag_ms_p99": round(1000 * percentile(lags, 99), 2),
+        "send_lag_ms_max": round(1000 * lags[-1], 2) if lags else 0.0,
+        "max_in_flight": flight["max"],
+    }
+
+
+async def closed_loop(client: httpx.AsyncClient, request: Request, count: int, concurrency: int,
+                      keep_body: bool = True) -> tuple[list[Sample], dict]:
+    """Send request(client, i) for i in range(count), `concurrency` in flight at a time."""
+    loop = asyncio.get_running_loop()
+    it = iter(range(count))
+    samples: list[Sample] = []
+
+    async def runner():
+        for i in it:
+            samples.append(await _one(client, request, i, loop.time(), keep_body))
+
+    await asyncio.gather(*(runner() for _ in range(max(1, min(concurrency, count)))))
+    samples.sort(key=lambda s: s.index)
+    return samples, {"concurrency": concurrency}
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Linear interpolation between closest ranks (values must be sorted)."""
+    if not sorted_values:
+        return float("nan")
+    k = (len(sorted_values) - 1) * p / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def latency_summary(values_s: list[float]) -> dict:
+    v = sorted(values_s)
+    ms = lambda x: round(1000 * x, 2)  # noqa: E731
+    return {
+        "p50": ms(percentile(v, 50)), "p95": ms(percentile(v, 95)), "p99": ms(percentile(v, 99)),
+        "max": ms(v[-1]) if v else float("nan"), "mean": ms(sum(v) / len(v)) if v else float("nan"),
+    }
+
+
+def summarize(samples: list[Sample], offered_rate: float | None = None) -> dict:
+    statuses: dict[str, int] = {}
+    for s in samples:
+        key = str(s.status) if s.status else f"error:{s.error}"
+        statuses[key] = statuses.get(key, 0) + 1
+    ok = [s for s in samples if 200 <= s.status < 300]
+    first = min((s.sent for s in samples), default=0.0)
+    last = max((s.done for s in samples), default=0.0)
+    out = {
+        "requests": len(samples),
+        "ok": len(ok),
+        "statuses": statuses,
+        "achieved_rps": round(len(samples) / (last - first), 1) if last > first else None,
+        # Latency of the answered requests (2xx and 4xx alike: both did the server's work).
+        "latency_ms": latency_summary([s.latency for s in samples if s.status]),
+    }
+    if offered_rate:
+        out["offered_rps"] = offered_rate
+        out["service_time_ms"] = latency_summary([s.service_time for s in samples if s.status])
+    return out
+
+
+def parse_time(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# --- the stockflow workload ---------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    url: str
+    token: str
+    location: str = "LG"
+    sku_prefix: str = "LG-SKU-"
+    skus: int = 50
+    lines: int = 3
+    quantity: int = 1
+    seed: int = 1
+    timeout: float = 30.0
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def sku_names(self) -> list[str]:
+        return [f"{self.sku_prefix}{i:03d}" for i in range(self.skus)]
+
+    def client(self, max_connections: int = 64) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=self.timeout,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    def sale_lines(self, rng: random.Random) -> list[dict]:
+        skus = rng.sample(self.sku_names, min(self.lines, self.skus)) if self.lines <= self.skus else \
+            [rng.choice(self.sku_names) for _ in range(self.lines)]
+        return [{"sku": s, "quantity": self.quantity, "unit_price": "9.99"} for s in skus]
+
+    async def setup(self, sales: int, stock_per_batch: int | None = None, concurrency: int = 8) -> dict:
+        """Products and 5 batches per SKU; enough stock for `sales` sales, twice over."""
+        per_sku = sales * self.lines * self.quantity / self.skus
+        per_batch = stock_per_batch or math.ceil(2 * per_sku / BATCHES_PER_SKU) + 5
+        async with self.client(concurrency) as c:
+            async def product(_c, i):
+                sku = self.sku_names[i]
+                return await _c.post("/api/products", json={"sku": sku, "name": f"loadgen {sku}"})
+
+            products, _ = await closed_loop(c, product, self.skus, concurrency)
+            bad = [s.status for s in products if s.status not in (201, 409)]
+            if bad:
+                raise RuntimeError(f"creating products failed: HTTP {bad[:5]}")
+
+            async def receipt(_c, i):
+                sku, lot = self.sku_names[i // BATCHES_PER_SKU], i % BATCHES_PER_SKU + 1
+                return await _c.post("/api/receipts", json={
+                    "sku": sku, "location": self.location, "lot": f"LG-LOT-{lot}",
+                    "expires_on": f"{2090 + lot}-01-01", "quantity": per_batch,
+                })
+
+            receipts, _ = await closed_loop(c, receipt, self.skus * BATCHES_PER_SKU, concurrency)
+            bad = [(s.status, s.body) for s in receipts if s.status != 201]
+            if bad:
+                raise RuntimeError(f"receipts failed: {bad[:3]}")
+        return {"skus": self.skus, "batches_per_sku": BATCHES_PER_SKU, "received_per_batch": per_batch}
+
+    async def create_sales(self, count: int, concurrency: int = 8) -> list[int]:
+        rng = random.Random(self.seed)
+        bodies = [
+            {"number": f"LG-{self.run_id}-{i}", "location": self.location, "lines": self.sale_lines(rng)}
+            for i in range(count)
+        ]
+        async with self.client(concurrency) as c:
+            samples, _ = await closed_loop(c, lambda _c, i: _c.post("/api/sales", json=bodies[i]), count, concurrency)
+        bad = [(s.status, s.error, s.body) for s in samples if s.status != 201]
+        if bad:
+            raise RuntimeError(f"{len(bad)} sales not created, e.g. {bad[:3]}")
+        return [s.body["id"] for s in samples]
+
+    @staticmethod
+    def pay_request(sale_ids: list[int]) -> Request:
+        def request(c: httpx.AsyncClient, i: int):
+            return c.post(f"/api/sales/{sale_ids[i]}/transition", json={"to_status": "paid"})
+
+        return request
+
+    async def pay(self, sale_ids: list[int], rate: float, concurrency: int) -> tuple[list[Sample], dict]:
+        request = self.pay_request(sale_ids)
+        if rate > 0:
+            async with self.client(max_connections=1024) as c:
+                return await open_loop(c, request, len(sale_ids), rate)
+        async with self.client(concurrency) as c:
+            return await closed_loop(c, request, len(sale_ids), concurrency)
+
+    async def wait_jobs(self, job_ids: list[str], timeout: float, concurrency: int = 8) -> dict:
+        """Poll GET /api/jobs/{id} until all are finished (or timeout)."""
+        jobs: dict[str, dict] = {}
+        pending = list(job_ids)
+        deadline = time.monotonic() + timeout
+        async with self.client(concurrency) as c:
+            while pending and time.monotonic() < deadline:
+                samples, _ = await closed_loop(c, lambda _c, i: _c.get(f"/api/jobs/{pending[i]}"), len(pending),
+                                               concurrency)
+                for s in samples:
+                    if s.status == 200 and s.body:
+                        jobs[s.body["id"]] = s.body
+                pending = [j for j in pending if jobs.get(j, {}).get("status") not in TERMINAL]
+                if pending:
+                    await asyncio.sleep(0.25)
+        return job_stats(list(jobs.values()), unfinished=len(pending))
+
+
+def job_stats(jobs: list[dict], unfinished: int = 0) -> dict:
+    done = [j for j in jobs if j.get("status") in TERMINAL and j.get("finished_at")]
+    outcomes: dict[str, int] = {}
+    for j in done:
+        key = j["status"] if j["status"] == "succeeded" else f"failed:{(j.get('error') or {}).get('code', '?')}"
+        outcomes[key] = outcomes.get(key, 0) + 1
+    out: dict = {"jobs": len(jobs), "finished": len(done), "unfinished": unfinished, "outcomes": outcomes}
+    if done:
+        first = min(parse_time(j["created_at"]) for j in done)
+        last = max(parse_time(j["finished_at"]) for j in done)
+        span = (last - first).total_seconds()
+        out["span_s"] = round(span, 3)
+        out["jobs_per_s"] = round(len(done) / span, 1) if span > 0 else None
+        out["accept_to_finish_ms"] = latency_summary(
+            [(parse_time(j["finished_at"]) - parse_time(j["created_at"])).total_seconds() for j in done]
+        )
+    return out
+
+
+async def run(opts: dict) -> dict:
+    w = Workload(url=opts["url"].rstrip("/"), token=opts["token"], location=opts["location"],
+                 sku_prefix=opts["sku_prefix"], skus=opts["skus"], lines=opts["lines"], quantity=opts["quantity"],
+                 seed=opts["seed"], timeout=opts["timeout"])
+    count = opts["count"]
+    if not count and opts["rate"] > 0:
+        count = max(1, round(opts["rate"] * opts["duration"]))
+    if not count:
+        raise CommandError("give --count, or --rate > 0 with --duration")
+    result: dict = {
+        "config": {k: opts[k] for k in ("url", "rate", "duration", "concurrency", "lines", "skus", "quantity",
+                                        "location", "seed")} | {"count": count, "mode": "open-loop" if opts["rate"] > 0
+                                                                else "closed-loop"},
+    }
+    if opts["setup"]:
+        result["setup"] = await w.setup(count, opts["stock_per_batch"])
+    t = time.monotonic()
+    sale_ids = await w.create_sales(count, opts["concurrency"])
+    result["sales_created"] = {"count": len(sale_ids), "seconds": round(time.monotonic() - t, 2)}
+    samples, gen = await w.pay(sale_ids, opts["rate"], opts["concurrency"])
+    result["transitions"] = summarize(samples, opts["rate"] or None) | {"generator": gen}
+    if opts["wait_jobs"]:
+        job_ids = [s.body["job"]["id"] for s in samples if s.status == 202 and s.body]
+        result["jobs"] = await w.wait_jobs(job_ids, opts["job_timeout"])
+    return result
+
+
+class Command(BaseCommand):
+    help = "HTTP load generator: create draft sales, then pay them at a fixed rate (open-loop) or max rate; JSON out."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--url", default="http://127.0.0.1:8000")
+        parser.add_argument("--token", required=True, help="API bearer token (manage.py create_api_token NAME)")
+        parser.add_argument("--rate", type=float, default=200.0,
+                            help="offered transitions/s, open-loop; 0 = as fast as --concurrency allows")
+        parser.add_argument("--duration", type=float, default=10.0, help="seconds of load at --rate (sets --count)")
+        parser.add_argument("--count", type=int, default=0, help="number of sales to pay (overrides --duration)")
+        parser.add_argument("--concurrency", type=int, default=16, help="in-flight requests (setup and --rate 0)")
+        parser.add_argument("--lines", type=int, default=3, help="lines per sale (distinct SKUs)")
+        parser.add_argument("--skus", type=int, default=50, help="SKUs the lines are drawn from")
+        parser.add_argument("--quantity", type=int, default=1, help="quantity per line")
+        parser.add_argument("--location", default="LG")
+        parser.add_argument("--sku-prefix", default="LG-SKU-")
+        parser.add_argument("--stock-per-batch", type=int, default=None, help="default: twice the expected demand")
+        parser.add_argument("--no-setup", dest="setup", action="store_false", help="products and stock exist already")
+        parser.add_argument("--wait-jobs", action="store_true", help="poll the jobs until finished; adds jobs/s")
+        parser.add_argument("--job-timeout", type=float, default=300.0)
+        parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+        parser.add_argument("--seed", type=int, default=1)
+
+    def handle(self, *args, **opts):
+        if opts["rate"] < 0:
+            raise CommandError("--rate must be >= 0")
+        try:
+            result = asyncio.run(run(opts))
+        except (RuntimeError, httpx.HTTPError) as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(json.dumps(result, indent=2))
