@@ -221,8 +221,14 @@ def test_jobs_by_status_and_kind_failures_retries_and_backlog_match_the_database
     assert f'href="/console/jobs/{queued.pk}/" data-testid="oldest-queued"' in page
     assert f'href="/console/jobs/{running.pk}/" data-testid="oldest-running"' in page
     assert text_of(page, "oldest-queued-age") == "20 min (past lease)"
-    assert ok1.pk  # succeeded jobs are counted but not listed
-    assert str(ok1.pk) not in rows
+    assert str(ok1.pk) not in rows  # succeeded jobs are counted, not listed
+
+    # The failures list narrowed to one code (the counts stay whole); unknown codes are ignored.
+    c = staff_client(get_user_model().objects.get(username="ops"))
+    page = get_page(c, window="1h", code="error")
+    assert list(failure_rows(page)) == [str(f_err.pk)]
+    assert text_of(page, "failures-code") == "error" and number(page, "jobs-all-failed") == 3
+    assert len(failure_rows(get_page(c, window="1h", code="<nope>"))) == 3
 
 
 def test_the_window_selects_jobs_by_creation_time_and_bad_values_fall_back(transactional_db):
@@ -453,6 +459,10 @@ def test_links_to_flower_grafana_and_runbooks(transactional_db, monkeypatch, tmp
     assert 'href="http://127.0.0.1:5555" rel="noopener" id="link-flower"' in page
     assert 'href="http://127.0.0.1:3000" rel="noopener" id="link-grafana"' in page
     assert 'href="/console/runbooks/" id="link-runbooks"' in page
+    # Next to A1, A2, the backlog and the failures: the runbook of the matching alert.
+    for name in ("LedgerInvariantViolated", "SalePaidTransitionFailures", "OldestQueuedJobTooOld"):
+        assert f'<a href="/console/runbooks/{name}.md">{name}</a>' in page
+        assert get_page(c, f"/console/runbooks/{name}.md").count(f"# {name}") == 1
 
     monkeypatch.setenv("FLOWER_URL", "https://flower.example.invalid/")
     monkeypatch.setenv("GRAFANA_URL", "javascript:alert(1)")  # not a link we would render
@@ -461,6 +471,8 @@ def test_links_to_flower_grafana_and_runbooks(transactional_db, monkeypatch, tmp
     assert 'href="https://flower.example.invalid" rel="noopener" id="link-flower"' in page
     assert 'href="http://127.0.0.1:3000" rel="noopener" id="link-grafana"' in page
     assert 'href="https://git.example.invalid/stockflow/monitoring/runbooks/" id="link-runbooks"' in page
+    assert ('<a href="https://git.example.invalid/stockflow/monitoring/runbooks/LedgerInvariantViolated.md">'
+            "LedgerInvariantViolated</a>") in page
 
 
 def test_runbooks_are_served_from_the_repository_folder(transactional_db, monkeypatch, tmp_path):
@@ -472,6 +484,7 @@ def test_runbooks_are_served_from_the_repository_folder(transactional_db, monkey
     assert 'href="/console/runbooks/JobsFailing.md"' in index and "notes.txt" not in index
     page = get_page(c, "/console/runbooks/JobsFailing.md")
     assert "&lt;check the workers&gt;" in page
+    assert "LedgerInvariantViolated" not in get_page(c)  # no such file here: no contextual link
     for bad in ("notes.txt", "..%2Fsettings.py", "missing.md"):
         assert c.get(f"/console/runbooks/{bad}").status_code == 404
 
@@ -500,6 +513,29 @@ def test_every_model_is_in_the_admin_and_the_ledger_and_jobs_are_read_only(trans
     assert f'href="/console/jobs/{j.pk}/"' in c.get(f"/admin/jobs/job/{j.pk}/change/").content.decode()
     # Products stay editable.
     assert c.get("/admin/inventory/product/add/").status_code == 200
+
+
+def test_every_admin_list_and_detail_page_renders(transactional_db):
+    b = batch("ADMR", "L1", 5, 10)
+    s = a_sale("ADMR")
+    j = job(s, Job.Status.SUCCEEDED, kind=Job.Kind.SALE_REFUND)
+    r = Refund.objects.create(sale=s, kind="full", idempotency_key="k1", job=j)
+    RefundLine.objects.create(refund=r, sale_line=s.lines.get(), quantity=1)
+    AuditEntry.objects.create(token_name="t", action="sale.refund", sale_id=s.pk, request_id="rq",
+                              outcome="accepted", status_code=202, job_id=j.pk)
+    Lead.objects.create(name="N", email="n@example.invalid", client_hash="abc")
+    ApiToken.issue("t")
+    c = staff_client()
+    for model in admin.site._registry:
+        if model._meta.app_label in ("auth",):
+            continue
+        base = f"/admin/{model._meta.app_label}/{model._meta.model_name}/"
+        listing = c.get(base)
+        assert listing.status_code == 200, base
+        obj = model.objects.first()
+        assert obj is not None, model
+        assert c.get(f"{base}{obj.pk}/change/").status_code == 200, base
+    assert b.pk
 
 
 def test_api_token_admin_never_shows_the_hash_and_can_revoke(transactional_db):

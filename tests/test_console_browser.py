@@ -111,7 +111,10 @@ def test_console_in_chromium_shows_what_the_database_holds(client, worker, live_
     browser = launch_chromium()  # from here on: no ORM in this thread
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     console_errors = []
-    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.on("console", lambda m: console_errors.append((m.text, m.location.get("url"), page.url))
+            if m.type == "error" else None)
+    bad_responses = []
+    page.on("response", lambda r: bad_responses.append((r.status, r.url)) if r.status >= 400 else None)
 
     # Not logged in: the console sends the browser to the admin login form.
     page.goto(f"{live_server.url}/console/")
@@ -185,5 +188,15 @@ def test_console_in_chromium_shows_what_the_database_holds(client, worker, live_
     assert page.locator("#moves-table tr[data-move]").count() == len(run["paid1"]["result"]["moves"])
     assert int(shown("moves-total")) == -9
 
-    assert console_errors == []
+    # The runbook next to A1 opens from the console.
+    page.goto(f"{live_server.url}/console/")
+    page.locator("#a1 .runbooks a").first.click()
+    page.wait_for_url(f"{live_server.url}/console/runbooks/LedgerInvariantViolated.md")
+    assert shown("runbook-text").startswith("# LedgerInvariantViolated")
+
+    # The admin login page has no favicon link, so the browser asks for /favicon.ico (404);
+    # the console's own pages declare an empty icon. Anything else is an error.
+    console_errors = [e for e in console_errors if not (e[1] or "").endswith("/favicon.ico")
+                      or "/console/" in e[2].split("?")[0]]
+    assert bad_responses == [] and console_errors == [], (bad_responses, console_errors)
     assert (OUTPUT / "console.png").stat().st_size > 10_000

@@ -35,15 +35,44 @@ def _url_from_env(name: str, default: str) -> str:
     return value.rstrip("/") if re.match(r"^https?://", value) else default
 
 
+def _runbook_base() -> str | None:
+    """RUNBOOK_BASE_URL (http/https, ending in /) when set: where published runbooks live."""
+    base = os.environ.get("RUNBOOK_BASE_URL", "").strip()
+    return base.rstrip("/") + "/" if re.match(r"^https?://", base) else None
+
+
 def links() -> dict:
-    runbook_base = os.environ.get("RUNBOOK_BASE_URL", "").strip()
+    external = _runbook_base()
     return {
         "flower": _url_from_env("FLOWER_URL", "http://127.0.0.1:5555"),
         "grafana": _url_from_env("GRAFANA_URL", "http://127.0.0.1:3000"),
-        "runbooks": runbook_base.rstrip("/") + "/" if re.match(r"^https?://", runbook_base) else reverse("console:runbooks"),
-        "runbooks_external": bool(re.match(r"^https?://", runbook_base)),
+        "runbooks": external or reverse("console:runbooks"),
+        "runbooks_external": external is not None,
         "admin": reverse("admin:index"),
     }
+
+
+# Which runbooks belong next to which part of the page (file names = alert names).
+RUNBOOKS_FOR = {
+    "a1": ["LedgerInvariantViolated.md"],
+    "a2": ["SalePaidTransitionFailures.md", "StockConsumeFailures.md"],
+    "backlog": ["OldestQueuedJobTooOld.md", "CeleryWorkerDown.md"],
+    "failures": ["SalePaidTransitionFailures.md", "RefundFailures.md"],
+}
+
+
+def runbook_links() -> dict[str, list[tuple[str, str]]]:
+    """{page part: [(runbook name, url)]}: RUNBOOK_BASE_URL + file when set, else the
+    console's own copy when the file is there; runbooks that exist nowhere are left out."""
+    external = _runbook_base()
+    present = {p.name for p in RUNBOOK_DIR.glob("*.md")} if RUNBOOK_DIR.is_dir() else set()
+    out = {}
+    for part, names in RUNBOOKS_FOR.items():
+        out[part] = [
+            (name.removesuffix(".md"), external + name if external else reverse("console:runbook", args=[name]))
+            for name in names if external or name in present
+        ]
+    return out
 
 
 def _age(delta) -> str:
@@ -131,6 +160,7 @@ def overview(request):
         "chart_series": charts.SERIES,
         "bucket_name": charts.bucket_name(jobs.bucket),
         "links": links(),
+        "runbooks": runbook_links(),
     }
     context["render_ms"] = round((time.perf_counter() - started) * 1000)
     return render(request, "console/overview.html", context)

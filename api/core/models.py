@@ -65,4 +65,5 @@ class AuditEntry(models.Model):
     job_id = models.UUIDField(null=True)
 
     class Meta:
+        verbose_name_plural = "audit entries"
         indexes = [models.Index(fields=["sale_id", "created_at"])]

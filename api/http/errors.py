@@ -22,7 +22,7 @@ def code_for_status(status: int) -> ErrorCode:
 
 class JsonErrorsMiddleware:
     """Errors made outside our handlers (e.g. 405 from the URL dispatcher) still answer
-    in the one JSON error shape. The HTML admin keeps its own pages."""
+    in the one JSON error shape. The HTML admin and console keep their own pages."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -32,7 +32,7 @@ class JsonErrorsMiddleware:
         if (
             response.status_code >= 400
             and not response.get("Content-Type", "").startswith("application/json")
-            and not request.path.startswith("/admin/")
+            and not request.path.startswith(("/admin/", "/console/"))
         ):
             text = response.reason_phrase or "error"
             replaced = error_response(request, code_for_status(response.status_code), text, status=response.status_code)

@@ -33,6 +33,7 @@ class Batch(models.Model):
     expires_on = models.DateField(null=True, blank=True)  # null: never expires
 
     class Meta:
+        verbose_name_plural = "batches"
         constraints = [
             models.UniqueConstraint(fields=["product", "location", "lot"], name="batch_unique_lot")
         ]
@@ -52,6 +53,7 @@ class StockOnHand(models.Model):
     quantity = models.IntegerField(default=0)
 
     class Meta:
+        verbose_name_plural = "stock on hand"
         constraints = [
             models.CheckConstraint(condition=Q(quantity__gte=0), name="on_hand_not_negative")
         ]
