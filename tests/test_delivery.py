@@ -243,3 +243,23 @@ def test_lost_broker_message_is_recovered_by_the_reconciler(client, broker, shar
     # Once finished, the reconciler leaves it alone.
     assert job_services.reconcile() == 0
     ledger_clean()
+
+
+def test_a_poison_job_delivered_too_often_fails_for_good_instead_of_looping(client, broker, shared_worker,
+                                                                             transactional_db, settings):
+    """A poison message (one that keeps killing its worker) must end: past JOB_MAX_ATTEMPTS
+    deliveries the job fails with `error` and nothing is written."""
+    product(client, "POISON")
+    receive(client, "POISON", "L1", 5, 30)
+    s = sale(client, "S-POISON", [("POISON", 1)])
+    shared_worker.stop()  # no worker while we rewrite history
+    job = pay(client, s["id"])
+    broker.delete("celery")
+    Job.objects.filter(pk=job["id"]).update(attempts=settings.JOB_MAX_ATTEMPTS, status="running")
+    dispatch.enqueue(Job.objects.get(pk=job["id"]))
+    shared_worker.get()
+    done = wait_for_job(client, job["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "error"
+    assert "gave up" in done["error"]["message"]
+    assert done["attempts"] == settings.JOB_MAX_ATTEMPTS
+    assert not StockMove.objects.filter(kind="SALE_OUT").exists()

@@ -12,6 +12,8 @@ from typing import Callable
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from api import lock_objects
@@ -77,25 +79,20 @@ def accept(
     return job, True
 
 
-def _claim(job_id) -> Job | None:
-    """Mark the job running and count the attempt, in its own short transaction, so
-    attempts survive a worker that dies mid-job. None if there is nothing to do."""
-    with transaction.atomic():
-        job = lock_objects.job(job_id)
-        if job is None or job.is_terminal:
-            return None
-        now = timezone.now()
-        if job.attempts >= settings.JOB_MAX_ATTEMPTS:
-            _finish(job, Job.Status.FAILED, code=ErrorCode.ERROR,
-                    message=f"gave up after {job.attempts} deliveries")
-            transaction.on_commit(lambda: domain.job_finished(job, None))
-            return None
-        job.status = Job.Status.RUNNING
-        job.attempts += 1
-        job.started_at = job.started_at or now
-        job.lease_expires_at = _lease(Job.Status.RUNNING, now)
-        job.save(update_fields=["status", "attempts", "started_at", "lease_expires_at", "updated_at"])
-        return job
+def _claim(job_id) -> bool:
+    """Mark the job running and count the attempt in one autocommitted statement, so
+    attempts survive a worker that dies mid-job. False if there is nothing to do."""
+    now = timezone.now()
+    claimed = Job.objects.filter(
+        pk=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING], attempts__lt=settings.JOB_MAX_ATTEMPTS
+    ).update(
+        status=Job.Status.RUNNING, attempts=F("attempts") + 1, started_at=Coalesce("started_at", now),
+        lease_expires_at=_lease(Job.Status.RUNNING, now), updated_at=now,
+    )
+    if not claimed:
+        # Finished already, unknown, or delivered too often (a poison message): fail() sorts it out.
+        fail(job_id, ErrorCode.ERROR, f"gave up after {settings.JOB_MAX_ATTEMPTS} deliveries")
+    return bool(claimed)
 
 
 def _finish(job: Job, status: str, *, result=None, code: str = "", message: str = "") -> None:
@@ -111,8 +108,7 @@ def run(job_id, handlers: dict[str, Handler]) -> Job | None:
     """Apply the job once. Business failures finish it as `failed`; transient database
     errors propagate (the caller retries); returns the job as it ended, or None if
     there was nothing to do (already finished, unknown id)."""
-    job = _claim(job_id)
-    if job is None:
+    if not _claim(job_id):
         return None
     started = time.perf_counter()
     try:
