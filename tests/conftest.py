@@ -135,6 +135,39 @@ def worker(worker_factory):
     return worker_factory()
 
 
+class SharedWorker:
+    """One real prefork worker for a whole test module (starting one per test costs ~3 s);
+    a test may stop it, and the next one to ask gets a fresh worker."""
+
+    def __init__(self, tmp_path, name):
+        self.tmp_path, self.name, self.current, self.started = tmp_path, name, None, 0
+
+    def get(self) -> WorkerProcess:
+        if self.current is None or self.current.proc.poll() is not None:
+            self.started += 1
+            self.current = WorkerProcess(self.tmp_path, name=f"{self.name}{self.started}")
+        return self.current
+
+    def stop(self):
+        if self.current is not None:
+            self.current.stop()
+            self.current = None
+
+
+@pytest.fixture(scope="module")
+def shared_worker(request, tmp_path_factory, broker, django_db_setup):
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "")
+    shared = SharedWorker(tmp_path_factory.mktemp(f"{name}-workers"), name)
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def module_worker(shared_worker, transactional_db):
+    """Use as `worker` in modules whose tests can share one worker process."""
+    return shared_worker.get()
+
+
 @pytest.fixture
 def token(transactional_db):
     from api.core.models import ApiToken

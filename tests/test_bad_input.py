@@ -11,19 +11,10 @@ from api.inventory.models import Batch, Location, Product, StockMove, StockOnHan
 from api.jobs.models import Job
 from api.sales.models import Refund, RefundLine, Sale, SaleLine
 from tests.api_helpers import ok, pay_and_wait, product, receive, sale
-from tests.conftest import WorkerProcess
-
-
-@pytest.fixture(scope="module")
-def module_worker(tmp_path_factory, broker, django_db_setup):
-    w = WorkerProcess(tmp_path_factory.mktemp("bad-input-worker"), name="badinput")
-    yield w
-    w.stop()
 
 
 @pytest.fixture
-def worker(module_worker, transactional_db):
-    assert module_worker.proc.poll() is None, module_worker.log()
+def worker(module_worker):
     return module_worker
 
 

@@ -17,7 +17,7 @@ from api.jobs import dispatch
 from api.jobs import services as job_services
 from api.jobs.models import Job
 from tests.api_helpers import ok, on_hand, pay, pay_and_wait, product, receive, sale
-from tests.conftest import WorkerProcess, wait_for_job
+from tests.conftest import wait_for_job
 
 RUN_JOB_SUCCEEDED = re.compile(r"stockflow\.run_job\[[^\]]+\] succeeded")
 TASK_SUCCEEDED_EVENT = re.compile(r'"event":\s*"task_succeeded"')
@@ -30,35 +30,9 @@ def deliveries_done(worker) -> int:
     return max(len(RUN_JOB_SUCCEEDED.findall(log)), len(TASK_SUCCEEDED_EVENT.findall(log)))
 
 
-class SharedWorker:
-    """One real prefork worker for the module (a start costs seconds); a test may stop it and
-    the next one gets a fresh worker. Killed pool children are replaced by the worker itself."""
-
-    def __init__(self, tmp_path):
-        self.tmp_path, self.current, self.started = tmp_path, None, 0
-
-    def get(self) -> WorkerProcess:
-        if self.current is None or self.current.proc.poll() is not None:
-            self.started += 1
-            self.current = WorkerProcess(self.tmp_path, name=f"delivery{self.started}")
-        return self.current
-
-    def stop(self):
-        if self.current is not None:
-            self.current.stop()
-            self.current = None
-
-
-@pytest.fixture(scope="module")
-def shared_worker(tmp_path_factory, broker, django_db_setup):
-    shared = SharedWorker(tmp_path_factory.mktemp("delivery-workers"))
-    yield shared
-    shared.stop()
-
-
 @pytest.fixture
-def worker(shared_worker, transactional_db):
-    return shared_worker.get()
+def worker(module_worker):
+    return module_worker
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):

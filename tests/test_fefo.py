@@ -11,20 +11,11 @@ from api.inventory.models import Location, StockMove, StockOnHand
 from api.jobs.models import Job
 from api.sales.models import Refund, Sale, SaleLine
 from tests.api_helpers import ok, on_hand, pay, pay_and_wait, product, receive, sale
-from tests.conftest import WorkerProcess, wait_for_job
-
-
-@pytest.fixture(scope="module")
-def module_worker(tmp_path_factory, broker, django_db_setup):
-    """One real prefork worker for the whole module: starting one per test costs ~3 s."""
-    w = WorkerProcess(tmp_path_factory.mktemp("fefo-worker"), name="fefo")
-    yield w
-    w.stop()
+from tests.conftest import wait_for_job
 
 
 @pytest.fixture
-def worker(module_worker, transactional_db):
-    assert module_worker.proc.poll() is None, module_worker.log()
+def worker(module_worker):
     return module_worker
 
 

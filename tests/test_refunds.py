@@ -8,38 +8,12 @@ from api.inventory.models import StockMove, StockOnHand
 from api.jobs.models import Job
 from api.sales.models import Refund, RefundLine, Sale
 from tests.api_helpers import ok, on_hand, pay_and_wait, product, receive, refund, sale
-from tests.conftest import WorkerProcess, wait_for_job
-
-
-class SharedWorker:
-    """One real prefork worker for the module (starting one per test costs ~3 s); a test
-    may stop it, and the next one to ask gets a fresh worker."""
-
-    def __init__(self, tmp_path):
-        self.tmp_path, self.current, self.started = tmp_path, None, 0
-
-    def get(self) -> WorkerProcess:
-        if self.current is None or self.current.proc.poll() is not None:
-            self.started += 1
-            self.current = WorkerProcess(self.tmp_path, name=f"refunds{self.started}")
-        return self.current
-
-    def stop(self):
-        if self.current is not None:
-            self.current.stop()
-            self.current = None
-
-
-@pytest.fixture(scope="module")
-def shared_worker(tmp_path_factory, broker, django_db_setup):
-    shared = SharedWorker(tmp_path_factory.mktemp("refund-workers"))
-    yield shared
-    shared.stop()
+from tests.conftest import wait_for_job
 
 
 @pytest.fixture
-def worker(shared_worker, transactional_db):
-    return shared_worker.get()
+def worker(module_worker):
+    return module_worker
 
 
 def world() -> dict:
