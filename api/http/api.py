@@ -42,6 +42,9 @@ def _validation_error(request, exc: ValidationError):
         {"field": ".".join(str(p) for p in e.get("loc", ())[1:]) or "body", "message": e.get("msg", "")}
         for e in exc.errors
     ]
+    if all(e.get("loc", ("",))[0] == "header" and e.get("type") in ("missing", "string_too_short") for e in exc.errors):
+        # A required header left out (e.g. Idempotency-Key) is a malformed request, not bad data.
+        return error_response(request, ErrorCode.MALFORMED, "a required header is missing", details=fields)
     return error_response(request, ErrorCode.VALIDATION, "request failed validation", details=fields)
 
 

@@ -23,6 +23,7 @@ from .schemas import (
 router = Router()
 ERRORS = {code: ErrorOut for code in (400, 401, 403, 404, 409, 413, 422, 503)}
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", default=None, max_length=128)]
+RequiredIdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=128)]
 
 
 def _accepted(response: HttpResponse, job: Job) -> Status:
@@ -94,10 +95,8 @@ def transition_sale(
 @audited("sale.refund", scopes.REFUNDS_WRITE)
 def create_refund(
     request: HttpRequest, response: HttpResponse, sale_id: int, body: RefundIn,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: RequiredIdempotencyKey,
 ):
-    if not idempotency_key:
-        raise DomainError(ErrorCode.MALFORMED, "the Idempotency-Key header is required for refunds")
     lines = [line.dict() for line in body.lines] if body.lines else None
     job, _ = sales.request_refund(
         sale_id, body.kind, lines, idempotency_key=idempotency_key, request_id=request.request_id
