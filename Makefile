@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 PORT  ?= 8000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test demo check-ledger services-stop lock exporter-install exporter-lock check-monitoring
+.PHONY: install run test demo check-ledger services-stop lock exporter-install exporter-lock check-monitoring bench chaos
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,14 @@ test: install
 ## Against a running `make run`: sell, pay, refund, and print each job.
 demo: install
 	$(PY) manage.py demo --url http://127.0.0.1:$(PORT)
+
+## Benchmark against stockflow's own embedded PostgreSQL/Redis; prints JSON + a table, writes bench-results/.
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
+## Chaos run (kill -9 workers, Redis and PostgreSQL restarts) at full size; prints a JSON summary.
+chaos: install
+	$(PY) -m chaos $(CHAOS_ARGS)
 
 check-ledger: install
 	$(PY) manage.py check_ledger

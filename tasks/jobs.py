@@ -26,6 +26,12 @@ class JobTask(Task):
     retry_jitter = True
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
+        if isinstance(exc, TransientError) and exc.reason == "db_unavailable":
+            # Recording the failure needs the database that just failed us; the job stays
+            # `running` and the reconciler re-delivers it after its lease (bounded by
+            # JOB_MAX_ATTEMPTS), so an outage longer than the retry budget loses nothing.
+            logger.warning("job.left_for_reconciler", job_id=args[0], reason=exc.reason)
+            return
         try:
             jobs.fail(args[0], "error", f"{type(exc).__name__}: {exc}"[:2000])
         except Exception:

@@ -3,6 +3,10 @@ import os
 
 from celery import Celery
 
+from workers import kombu_fixes
+
+kombu_fixes.install()
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "api.settings")
 
 app = Celery("stockflow")

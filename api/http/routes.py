@@ -2,6 +2,7 @@
 import uuid
 from typing import Annotated
 
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from ninja import Header, Query, Router
 from ninja.responses import Status
@@ -64,8 +65,11 @@ def list_stock(
 @router.post("/sales", response={201: SaleOut, **ERRORS}, tags=["sales"])
 @scoped(scopes.SALES_WRITE)
 def create_sale(request: HttpRequest, body: SaleIn):
-    sale = sales.create_sale(body.number, body.location, [line.dict() for line in body.lines])
-    return Status(201, presenters.sale(sale))
+    # The answer is read in the same transaction: a database lost after commit must not
+    # turn a created sale into a 503 (the caller's retry would then meet a 409).
+    with transaction.atomic():
+        sale = sales.create_sale(body.number, body.location, [line.dict() for line in body.lines])
+        return Status(201, presenters.sale(sale))
 
 
 @router.get("/sales/{int:sale_id}", response={200: SaleOut, **ERRORS}, tags=["sales"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import math
 import random
 import time
@@ -344,6 +345,9 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         if opts["rate"] < 0:
             raise CommandError("--rate must be >= 0")
+        # httpx logs every request at INFO; stdout is for the one JSON document.
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         try:
             result = asyncio.run(run(opts))
         except (RuntimeError, httpx.HTTPError) as exc:

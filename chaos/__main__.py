@@ -1,0 +1,5 @@
+import sys
+
+from chaos.harness import main
+
+sys.exit(main())
