@@ -139,7 +139,10 @@ def fire(url: str, token: str, path: str, ids: list[int], *, rate: float = 0, co
     async def go():
         conns = 2048 if rate else concurrency
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
-                                     limits=httpx.Limits(max_connections=conns, max_keepalive_connections=conns)) as c:
+                                     # Idle connections dropped before gunicorn's 2 s keep-alive does, so a
+                                     # request never races the server closing its connection.
+                                     limits=httpx.Limits(max_connections=conns, max_keepalive_connections=conns,
+                                                         keepalive_expiry=1.0)) as c:
             def request(client, i):
                 return client.post(path.format(ids[i]), json=body) if body is not None else client.post(path.format(ids[i]))
 

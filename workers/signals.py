@@ -11,6 +11,7 @@ from datetime import datetime
 
 import structlog
 from celery import signals
+from django.db import close_old_connections
 from django_structlog.celery.steps import DjangoStructLogInitStep
 from prometheus_client import start_http_server
 
@@ -40,6 +41,13 @@ def _setup_logging(**kwargs):
 def _stamp_publish_time(headers=None, **kwargs):
     if headers is not None:
         headers["published_at"] = time.time()
+
+
+@signals.task_prerun.connect
+def _db_connections(**kwargs):
+    # Django's per-request rule, per task: drop a connection past DB_CONN_MAX_AGE or broken
+    # (e.g. by a PostgreSQL restart) before the task uses it.
+    close_old_connections()
 
 
 @signals.task_prerun.connect

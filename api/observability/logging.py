@@ -51,6 +51,7 @@ def logging_dict(level: str | None = None) -> dict:
         "loggers": {
             "django.server": {"level": "WARNING"},
             "gunicorn.access": {"level": "WARNING"},
+            "httpx": {"level": "WARNING"},  # the demo's and tests' own client calls
         },
     }
 

@@ -192,7 +192,9 @@ class Workload:
     def client(self, max_connections: int = 64) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=self.timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            # Idle connections dropped before gunicorn's 2 s keep-alive timeout does.
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                keepalive_expiry=1.0),
         )
 
     def sale_lines(self, rng: random.Random) -> list[dict]:
