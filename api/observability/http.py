@@ -3,6 +3,9 @@ import time
 
 from . import metrics
 
+# Clients choose the method string: anything unexpected is folded into one label value.
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
 
 class MetricsMiddleware:
     def __init__(self, get_response):
@@ -15,8 +18,9 @@ class MetricsMiddleware:
         route = "/" + match.route if match is not None and match.route else "<unmatched>"
         if route == "/metrics":
             return response  # scrapes would dominate the counts
-        metrics.HTTP_DURATION.labels(route, request.method).observe(time.perf_counter() - started)
-        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in _METHODS else "other"
+        metrics.HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
+        metrics.HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
         return response
 
     def process_exception(self, request, exception):
