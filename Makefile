@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 PORT  ?= 8000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test demo check-ledger services-stop lock exporter-install exporter-lock check-monitoring bench chaos
+.PHONY: install run test demo check-ledger services-stop lock exporter-install exporter-lock check-monitoring monitoring-live bench chaos
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -66,3 +66,7 @@ exporter-lock: install
 check-monitoring:
 	monitoring/install-tools.sh
 	monitoring/check.sh
+
+## The real Prometheus on stockflow's rules and dashboards against a live local stack under load.
+monitoring-live: install exporter-install
+	$(PY) monitoring/integration.py
