@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from django.core.management import call_command
 from django.db.models import Sum
 
-from api.inventory.models import Batch, StockMove, StockOnHand
+from api.inventory.models import StockMove, StockOnHand
 from api.jobs.models import Job
 from api.sales.models import Sale
 from api.sales.services import create_sale

@@ -5,7 +5,6 @@ import time
 
 import httpx
 import pytest
-from django.conf import settings
 
 from api.core import scopes
 from api.core.models import ApiToken

@@ -1,7 +1,7 @@
 """One request id from the caller's header to the web log, the job, and the worker's log lines."""
 import json
 
-from tests.api_helpers import ok, pay, product, receive, sale
+from tests.api_helpers import ok, product, receive, sale
 from tests.conftest import wait_for_job
 
 
