@@ -1,7 +1,7 @@
 """Stock in, stock out: the only code that writes StockOnHand and StockMove."""
 import datetime
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from api import lock_objects
 from api.core.errors import DomainError, ErrorCode
@@ -66,11 +66,27 @@ def receive_stock(
     return move, on_hand
 
 
-def write_moves(moves: list[StockMove], rows: list[StockOnHand]) -> None:
-    """Persist ledger rows and the on-hand rows they change (already locked, already
-    updated in memory) in two statements."""
-    StockMove.objects.bulk_create(moves)
-    StockOnHand.objects.bulk_update(rows, ["quantity"])
+_WRITE_MOVES = f"""
+    WITH moved AS (
+        INSERT INTO {StockMove._meta.db_table}
+            (kind, batch_id, quantity, sale_line_id, refund_line_id, job_id, request_id, created_at)
+        SELECT * FROM unnest(%s::varchar[], %s::bigint[], %s::int[], %s::bigint[], %s::bigint[], %s::uuid[],
+                             %s::varchar[], %s::timestamptz[])
+        RETURNING batch_id, quantity
+    )
+    UPDATE {StockOnHand._meta.db_table} soh SET quantity = soh.quantity + d.delta
+    FROM (SELECT batch_id, sum(quantity) AS delta FROM moved GROUP BY batch_id) d
+    WHERE soh.batch_id = d.batch_id"""
+
+
+def write_moves(moves: list[StockMove]) -> None:
+    """Append ledger rows and apply them to their (already locked) on-hand rows, in one
+    statement: each on-hand row changes by exactly the sum of the moves written for it."""
+    if not moves:
+        return
+    columns = ("kind", "batch_id", "quantity", "sale_line_id", "refund_line_id", "job_id", "request_id", "created_at")
+    with connection.cursor() as cursor:
+        cursor.execute(_WRITE_MOVES, [[getattr(m, c) for m in moves] for c in columns])
 
 
 def stock_levels(sku: str | None = None, location_code: str | None = None):

@@ -8,13 +8,13 @@ import datetime
 import hashlib
 import json
 import time
+import uuid
 from typing import Callable
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
-from django.db.models.functions import Coalesce
+from django.db import connection, transaction
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from api import lock_objects
 from api.core.errors import DomainError, ErrorCode
@@ -79,20 +79,37 @@ def accept(
     return job, True
 
 
+_CLAIM = f"""
+    UPDATE {Job._meta.db_table}
+    SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, %(now)s),
+        lease_expires_at = %(lease)s, updated_at = %(now)s
+    WHERE id = %(id)s AND status IN ('queued', 'running') AND attempts < %(max_attempts)s"""
+
+
 def _claim(job_id) -> bool:
     """Mark the job running and count the attempt in one autocommitted statement, so
     attempts survive a worker that dies mid-job. False if there is nothing to do."""
     now = timezone.now()
-    claimed = Job.objects.filter(
-        pk=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING], attempts__lt=settings.JOB_MAX_ATTEMPTS
-    ).update(
-        status=Job.Status.RUNNING, attempts=F("attempts") + 1, started_at=Coalesce("started_at", now),
-        lease_expires_at=_lease(Job.Status.RUNNING, now), updated_at=now,
-    )
+    try:
+        job_uuid = uuid.UUID(str(job_id))
+    except ValueError:
+        job_uuid = None
+    claimed = 0
+    if job_uuid is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM, {"id": job_uuid, "now": now, "lease": _lease(Job.Status.RUNNING, now),
+                                    "max_attempts": settings.JOB_MAX_ATTEMPTS})
+            claimed = cursor.rowcount
     if not claimed:
         # Finished already, unknown, or delivered too often (a poison message): fail() sorts it out.
         fail(job_id, ErrorCode.ERROR, f"gave up after {settings.JOB_MAX_ATTEMPTS} deliveries")
     return bool(claimed)
+
+
+_FINISH = f"""
+    UPDATE {Job._meta.db_table}
+    SET status = %s, result = %s, error_code = %s, error_message = %s, finished_at = %s, updated_at = %s
+    WHERE id = %s"""
 
 
 def _finish(job: Job, status: str, *, result=None, code: str = "", message: str = "") -> None:
@@ -100,8 +117,10 @@ def _finish(job: Job, status: str, *, result=None, code: str = "", message: str 
     job.result = result
     job.error_code = code
     job.error_message = message
-    job.finished_at = timezone.now()
-    job.save(update_fields=["status", "result", "error_code", "error_message", "finished_at", "updated_at"])
+    job.finished_at = job.updated_at = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(_FINISH, [status, None if result is None else Jsonb(result), code, message, job.finished_at,
+                                 job.updated_at, job.pk])
 
 
 def run(job_id, handlers: dict[str, Handler]) -> Job | None:

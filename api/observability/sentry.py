@@ -38,15 +38,25 @@ def init(dsn: str | None = None, **overrides) -> bool:
     dsn = dsn or os.environ.get("SENTRY_DSN")
     if not dsn:
         return False
+    rate = os.environ.get("SENTRY_TRACES_SAMPLE_RATE")
+    tracing = bool(rate)
     options = dict(
         dsn=dsn,
         environment=os.environ.get("SENTRY_ENVIRONMENT", "production"),
         release=os.environ.get("SENTRY_RELEASE"),
         send_default_pii=False,
-        traces_sample_rate=float(os.environ.get("SENTRY_TRACES_SAMPLE_RATE", "0")),
+        # Unset, not 0: any rate (0 included) turns tracing on, and then every request and
+        # task builds a transaction and spans even when none is sent.
+        traces_sample_rate=float(rate) if tracing else None,
+        # Only what stockflow asks for: no auto-enabled Redis/httpx/... integrations
+        # wrapping every broker command in a span nobody sends.
+        auto_enabling_integrations=False,
         integrations=[
-            DjangoIntegration(),
-            CeleryIntegration(propagate_traces=True),
+            # Middleware and signal spans only matter to tracing; SQL breadcrumbs stay.
+            DjangoIntegration(middleware_spans=tracing, signals_spans=tracing, cache_spans=False),
+            # stockflow carries its own request id in task headers; Sentry's trace headers
+            # are only worth their cost when traces are sampled.
+            CeleryIntegration(propagate_traces=tracing, monitor_beat_tasks=False),
             # Log records become breadcrumbs only: errors are reported from exceptions,
             # so a failure is one event, not one per log line about it.
             LoggingIntegration(event_level=None),
