@@ -48,7 +48,11 @@ class ApiToken(models.Model):
 
     @classmethod
     def authenticate(cls, raw: str) -> "ApiToken | None":
-        return cls.objects.active().filter(token_hash=hash_token(raw)).first()
+        # Every API request runs this: SQL, not the ORM's query compiler.
+        found = cls.objects.raw(
+            f"SELECT * FROM {cls._meta.db_table} WHERE token_hash = %s AND revoked_at IS NULL", [hash_token(raw)]
+        )
+        return next(iter(found), None)
 
 
 class AuditEntry(models.Model):

@@ -1,7 +1,9 @@
 """Scope checks and the audit trail, as decorators on the operations."""
 import functools
 
-from api.core import ids
+from django.db import transaction
+
+from api.core import ids, sql
 from api.core.errors import DomainError, ErrorCode
 from api.core.models import AuditEntry
 
@@ -36,17 +38,19 @@ def audited(action: str, scope: str):
                                sale_id=sale_id if ids.plausible(sale_id) else None)
             try:
                 _check_scope(request, scope)
-                result = view(request, *args, **kwargs)
+                # The audit row commits with what the request did, in one transaction.
+                with transaction.atomic():
+                    result = view(request, *args, **kwargs)
+                    status, body = result.status_code, result.value
+                    job = body.get("job") if isinstance(body, dict) else None
+                    entry.outcome = "accepted" if job else "success"
+                    entry.status_code = status
+                    entry.job_id = job["id"] if job else None
+                    sql.insert(entry)
             except DomainError as exc:
                 entry.outcome, entry.status_code = exc.code, exc.http_status
-                entry.save()
+                sql.insert(entry)  # after the rollback: refusals are audited too
                 raise
-            status, body = result.status_code, result.value
-            job = body.get("job") if isinstance(body, dict) else None
-            entry.outcome = "accepted" if job else "success"
-            entry.status_code = status
-            entry.job_id = job["id"] if job else None
-            entry.save()
             return result
 
         return wrapper

@@ -17,6 +17,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from api import lock_objects
+from api.core import sql
 from api.core.errors import DomainError, ErrorCode
 from api.observability import domain
 
@@ -51,32 +52,42 @@ def accept(
     at a time: same Idempotency-Key + same body -> the first job; another body -> 409.
     """
     fp = fingerprint(kind, payload)
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # inside the request's audit transaction
         sale = lock_objects.sale(sale_id)
         if sale is None:
             raise DomainError(ErrorCode.NOT_FOUND, f"sale {sale_id} not found")
-        if idempotency_key:
-            existing = Job.objects.filter(kind=kind, sale=sale, idempotency_key=idempotency_key).first()
-            if existing is not None:
-                if existing.fingerprint != fp:
-                    domain.idempotency_conflict(sale.pk, kind, idempotency_key, existing.pk)
-                    raise DomainError(
-                        ErrorCode.IDEMPOTENCY_CONFLICT,
-                        "this Idempotency-Key was already used with a different request body",
-                    )
-                return existing, False
-        if kind == Job.Kind.SALE_PAID:
-            active = Job.objects.filter(kind=kind, sale=sale, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).first()
-            if active is not None:
-                return active, False
+        # One query for both earlier jobs that decide this request: the one holding this key,
+        # and (for `paid`) one still in flight.
+        earlier = list(Job.objects.raw(_EARLIER, {
+            "sale": sale.pk, "kind": kind, "key": idempotency_key or None,
+            "one_at_a_time": kind == Job.Kind.SALE_PAID,
+        }))
+        same_key = next((j for j in earlier if idempotency_key and j.idempotency_key == idempotency_key), None)
+        if same_key is not None:
+            if same_key.fingerprint != fp:
+                domain.idempotency_conflict(sale.pk, kind, idempotency_key, same_key.pk)
+                raise DomainError(
+                    ErrorCode.IDEMPOTENCY_CONFLICT,
+                    "this Idempotency-Key was already used with a different request body",
+                )
+            return same_key, False
+        if earlier:
+            return earlier[0], False  # a PAID job in flight for this sale
         precheck(sale)
         now = timezone.now()
-        job = Job.objects.create(
+        job = sql.insert(Job(
             kind=kind, sale=sale, payload=payload, idempotency_key=idempotency_key or None,
             fingerprint=fp, request_id=request_id, created_at=now, lease_expires_at=_lease(Job.Status.QUEUED, now),
-        )
+        ))
         transaction.on_commit(lambda: dispatch.enqueue(job))
     return job, True
+
+
+_EARLIER = f"""
+    SELECT * FROM {Job._meta.db_table}
+    WHERE sale_id = %(sale)s AND kind = %(kind)s
+      AND (idempotency_key = %(key)s OR (%(one_at_a_time)s AND status IN ('queued', 'running')))
+    ORDER BY created_at"""
 
 
 _CLAIM = f"""
