@@ -52,6 +52,10 @@ def logging_dict(level: str | None = None) -> dict:
             "django.server": {"level": "WARNING"},
             "gunicorn.access": {"level": "WARNING"},
             "httpx": {"level": "WARNING"},  # the demo's and tests' own client calls
+            # Celery's own per-task INFO lines repeat django-structlog's task_started /
+            # task_succeeded (which carry the request id); failures still log at ERROR.
+            "celery.app.trace": {"level": "WARNING"},
+            "celery.worker.strategy": {"level": "WARNING"},
         },
     }
 
