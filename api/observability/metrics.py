@@ -12,6 +12,12 @@ from prometheus_client import Counter, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# A latency SLO's threshold must be a bucket boundary: the SLI is then an exact ratio
+# (observations above le=<threshold> / all) instead of one measured at a neighbouring bucket.
+# SPEC §5: stock consume p95 < 500 ms (0.5), refund p95 < 800 ms (0.8).
+# tests/test_monitoring.py checks every le="..." the rules use against these.
+STOCK_CONSUME_BUCKETS = LATENCY_BUCKETS  # 0.5 is already a boundary
+REFUND_BUCKETS = tuple(sorted({*LATENCY_BUCKETS, 0.8}))
 
 # --- HTTP (web) ----------------------------------------------------------------------
 HTTP_REQUESTS = Counter(
@@ -41,7 +47,7 @@ STOCK_CONSUME = Counter(
 STOCK_CONSUME_DURATION = Histogram(
     "sales_paid_stock_consume_duration_seconds",
     "Time to lock, allocate FEFO and write the moves of one sale.paid job attempt.",
-    buckets=LATENCY_BUCKETS,
+    buckets=STOCK_CONSUME_BUCKETS,
 )
 
 # --- refunds (seed flow 2) ---------------------------------------------------------------
@@ -50,7 +56,7 @@ REFUNDS = Counter(
     ["type", "result"],
 )
 REFUND_DURATION = Histogram(
-    "sale_refund_duration_seconds", "Time to apply one sale.refund job attempt.", buckets=LATENCY_BUCKETS,
+    "sale_refund_duration_seconds", "Time to apply one sale.refund job attempt.", buckets=REFUND_BUCKETS,
 )
 REFUND_LINES = Counter("sale_refund_lines_total", "Refund lines processed, by result.", ["result"])
 OVER_REFUND_ATTEMPTS = Counter(
