@@ -1,9 +1,11 @@
 """Integration run of the monitoring kit against a live local stack (issue 4, acceptance 2).
 
-    .venv/bin/python monitoring/integration.py [--keep-logs DIR]
+    .venv/bin/python monitoring/integration.py [--write-snapshot] [--keep-logs DIR]
 
-1. bench/stack.Stack brings up embedded PostgreSQL + Redis, migrates, makes an API token,
-   starts the web (bin/web, METRICS_TOKEN set) and one worker (bin/worker, metrics port).
+1. bench/stack.Stack brings up embedded PostgreSQL + Redis (this run's own, in a temp dir),
+   migrates, makes an API token, starts the web (bin/web, METRICS_TOKEN set) and one worker
+   (bin/worker, metrics port; `lock_timeout` 300 ms through PGOPTIONS, retry backoff capped at
+   2 s, 15 retries: a held row lock is a transient fault retried within seconds).
 2. bin/celery-exporter runs against the same Redis on a free port.
 3. The real `prometheus` binary runs a config generated from monitoring/prometheus/prometheus.yml:
    same rule_files (absolute paths), same jobs and metric_relabel_configs, but static targets
@@ -11,12 +13,27 @@
    bearer token from a temp file, no Alertmanager and no Flower (neither is started here).
 4. A scripted load over HTTP: products + stock, ~100 paid sales incl. insufficient_stock,
    full refunds, over-refunds, idempotency conflicts (409), public leads incl. throttled 429s,
-   invalid bodies, 401/404s; then the periodic ledger check task is sent once.
+   invalid bodies, 401/404s. Then real failures, all on this run's own servers:
+   a. transient DB faults retried: a row lock held from a separate connection makes a sale.paid
+      job and two racing partial refunds (2 of 3 units each) time out on the lock and retry;
+      released, the pay and one refund succeed, the other meets over_refund inside its job;
+   b. retries exhausted: the lock is held until a sale.paid and a refund job give up: both fail
+      with code `error` (an exception escapes the task);
+   c. a PostgreSQL outage (fast shutdown of this run's postmaster, ~4 s): API requests are
+      answered 503 `unavailable` with Retry-After; a job in its retry backoff meets the outage
+      (reason db_unavailable) and succeeds after the restart;
+   d. Redis refusing writes (maxmemory reached, noeviction) for one public lead submission:
+      the throttle cannot count it, the exception is unhandled (500, exceptions_total{location="web"}).
+   Then the periodic ledger check task is sent once (its verdict must be clean).
 5. Every recording rule expr, alert expr and dashboard query goes through /api/v1/query;
    every metric name they reference is looked up in /api/v1/label/__name__/values.
+6. web, worker and exporter are scraped directly too: every `# TYPE` family and sample name
+   (after the job's metric_relabel_configs), with the names Prometheus stored per job, is
+   compared with monitoring/scraped-metric-names.txt; `--write-snapshot` rewrites that file
+   (only when the run passed). tests/test_monitoring.py checks rules and dashboards against it.
 
-Prints a table and a JSON summary; exits 1 on any query error (missing metric names are
-reported as findings, they do not fail the run). Only processes started here are stopped.
+Prints a table and a JSON summary; exits 1 on any query error or any referenced metric name
+(or recording rule) without a series. Only processes and servers started here are stopped.
 """
 from __future__ import annotations
 
@@ -24,6 +41,7 @@ import argparse
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +49,9 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
+import psycopg
+import redis
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +59,21 @@ sys.path.insert(0, str(ROOT))
 
 from bench.stack import Proc, Stack, free_port, log  # noqa: E402
 from tests.test_monitoring import (  # noqa: E402
-    PROM, PROMETHEUS_BUILTINS, _CATALOGUE, _HISTOGRAM, dashboard_exprs, promql_metric_names, recording_names, rules,
+    PROM, PROMETHEUS_BUILTINS, SNAPSHOT, dashboard_exprs, exposition_names, names_of, promql_metric_names,
+    read_snapshot, recording_names, rules,
 )
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 INTERVAL = "2s"
 EXPORTER_INTERVAL = "5s"
 LOCAL_JOBS = {"stockflow-web": "web", "stockflow-worker": "worker", "celery-exporter": "celery-exporter"}
+# The worker of this run: a lock wait longer than 300 ms is a transient fault (LockNotAvailable,
+# retried); retries back off for at most 2 s (~1 s on average), 15 of them: a job in its backoff
+# rides out the ~4 s PostgreSQL outage, and running out of them takes ~20 s, not minutes.
+# JOB_MAX_ATTEMPTS (deliveries before a job is given up as a poison message, default 10) stays
+# above the retries, as by default (5 < 10): the retries, not the delivery cap, run out.
+WORKER_ENV = {"PGOPTIONS": "-c lock_timeout=300", "JOB_RETRY_BACKOFF_MAX_SECONDS": "2", "JOB_MAX_RETRIES": "15",
+              "JOB_MAX_ATTEMPTS": "20"}
 
 
 # --- Grafana -> PromQL ---------------------------------------------------------------------
@@ -185,8 +214,10 @@ class Load:
             job = self.wait_job(job_id)
             outcome = "over-refund partial job " + job.get("status", "?") + (f":{job['error']['code']}" if job.get("error") else "")
             refund_results[outcome] = refund_results.get(outcome, 0) + 1
-        # Two partial refunds of everything, back to back: both pass the request-time check, the
-        # second one's job meets over_refund and rolls back (sale_refund_rollback_total).
+        # Two partial refunds of everything, back to back: the second is normally refused at the
+        # API (409 invalid_transition: the first job has already refunded the sale). The race in
+        # which both are accepted and the second job meets over_refund is made certain in
+        # Faults.lock_retries (a held row lock keeps both jobs from finishing).
         race_jobs = []
         for n, sale in enumerate(paid[40:50]):
             line = self.c.get(f"/api/sales/{sale}").json()["lines"][0]
@@ -211,6 +242,226 @@ class Load:
             self.req("422", "POST", "/api/products", json={"sku": "", "name": ""})
         self.req("stock", "GET", "/api/stock")
         return {"http": self.codes, "pay_jobs": results, "refund_jobs": refund_results}
+
+
+# --- real failures, on this run's own servers ------------------------------------------------
+
+class Faults:
+    """Failures that make the fault-path metrics real: Celery retries (celery_task_retries_total,
+    the exporter's celery_task_retried_total), jobs failing with `error` (exceptions_total from the
+    worker, sale_refund_rollback_total, the availability SLIs' bad events), 503s during a database
+    outage, and an unhandled exception in the web (exceptions_total{location="web"}).
+
+    Only this run's servers are touched: the postmaster whose data directory is in the stack's
+    temp state dir, the Redis on the port recorded there."""
+
+    def __init__(self, load: Load, stack: Stack):
+        self.load, self.stack = load, stack
+        self.db_url = stack.urls["DATABASE_URL"]
+        self.report: dict = {}
+        self.run = uuid.uuid4().hex[:6]
+
+    # helpers ----------------------------------------------------------------------------------
+
+    def _stock(self, tag: str, qty: int = 20) -> int:
+        sku = f"{tag}-{self.run}"
+        self.load.req("product", "POST", "/api/products", json={"sku": sku, "name": sku})
+        r = self.load.req("receipt", "POST", "/api/receipts",
+                          json={"sku": sku, "location": "MAIN", "lot": f"L-{sku}", "expires_on": "2099-12-31",
+                                "quantity": qty})
+        r.raise_for_status()
+        self._sku = sku
+        return r.json()["batch_id"]
+
+    def _sale(self, number: str, qty: int) -> dict:
+        r = self.load.req("sale create", "POST", "/api/sales", json={
+            "number": f"{number}-{self.run}", "location": "MAIN",
+            "lines": [{"sku": self._sku, "quantity": qty, "unit_price": "5.00"}]})
+        r.raise_for_status()
+        return r.json()
+
+    def _pay(self, sale: dict) -> str:
+        r = self.load.req("pay", "POST", f"/api/sales/{sale['id']}/transition", json={"to_status": "paid"},
+                          headers={"Idempotency-Key": f"pay-{sale['id']}-{self.run}"})
+        r.raise_for_status()
+        return r.json()["job"]["id"]
+
+    def _refund(self, what: str, sale: dict, key: str, body: dict) -> str | None:
+        r = self.load.req(what, "POST", f"/api/sales/{sale['id']}/refunds", json=body,
+                          headers={"Idempotency-Key": f"{key}-{self.run}"})
+        return r.json()["job"]["id"] if r.status_code == 202 else None
+
+    def _hold_lock(self, batch_id: int) -> psycopg.Connection:
+        """An open transaction holding the stock row's lock, as a long report query or a stuck
+        admin session would: the job locks it after the sale and waits (lock_timeout)."""
+        conn = psycopg.connect(self.db_url, application_name="monitoring-integration-lock")
+        conn.execute("SELECT 1 FROM inventory_stockonhand WHERE batch_id = %s FOR UPDATE", [batch_id])
+        return conn
+
+    @staticmethod
+    def _release(conn: psycopg.Connection) -> None:
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            pass  # the outage closed it
+        conn.close()
+
+    def _wait_attempts(self, job_ids: list[str], n: int, timeout: float = 30) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            attempts = {j: self.load.c.get(f"/api/jobs/{j}").json().get("attempts", 0) for j in job_ids}
+            if all(a >= n for a in attempts.values()) or time.monotonic() > deadline:
+                return attempts
+            time.sleep(0.1)
+
+    def _outcomes(self, job_ids: list[str], timeout: float = 90) -> list[str]:
+        out = []
+        for j in job_ids:
+            job = self.load.wait_job(j, timeout)
+            out.append(f"{job.get('status', '?')}" + (f":{job['error']['code']}" if job.get("error") else "")
+                       + f" (attempts {job.get('attempts')})")
+        return out
+
+    # the failures -------------------------------------------------------------------------------
+
+    def lock_retries(self) -> None:
+        """a. A held stock row lock: a sale.paid job and two partial refunds (2 of 3 units each:
+        both pass the API's check) all time out on the lock and retry. Released, the pay and one
+        refund succeed; the other meets over_refund inside its job and is rolled back."""
+        batch = self._stock("RETRY")
+        sold = self._sale("S-RETRY-A", 3)
+        first = self.load.wait_job(self._pay(sold))
+        line = sold["lines"][0]
+        other = self._sale("S-RETRY-B", 1)
+        holder = self._hold_lock(batch)
+        try:
+            jobs = [self._pay(other)]
+            for k in range(2):
+                j = self._refund("refund race (lock held)", sold, f"race-{k}",
+                                 {"kind": "partial", "lines": [{"sale_line_id": line["id"], "quantity": 2}]})
+                if j:
+                    jobs.append(j)
+            attempts = self._wait_attempts(jobs, 2)
+        finally:
+            self._release(holder)
+        self.report["a_lock_held_then_released"] = {
+            "paid_before": first.get("status"), "jobs": len(jobs), "attempts_while_locked": sorted(attempts.values()),
+            "outcomes": self._outcomes(jobs)}
+
+    def retries_exhausted(self) -> None:
+        """b. The lock stays until a sale.paid and a refund job run out of retries: both fail with
+        `error`; the TransientError escapes the task (task_failure)."""
+        batch = self._stock("STUCK")
+        refundable = self._sale("S-STUCK-A", 1)
+        first = self.load.wait_job(self._pay(refundable))
+        stuck = self._sale("S-STUCK-B", 1)
+        holder = self._hold_lock(batch)
+        try:
+            jobs = [self._pay(stuck)]
+            j = self._refund("refund (lock held)", refundable, "stuck", {"kind": "full"})
+            if j:
+                jobs.append(j)
+            outcomes = self._outcomes(jobs, timeout=120)
+        finally:
+            self._release(holder)
+        self.report["b_lock_held_until_retries_ran_out"] = {"paid_before": first.get("status"), "outcomes": outcomes}
+
+    # PostgreSQL outage --------------------------------------------------------------------------
+
+    def _postmaster(self) -> psutil.Process:
+        pgdata = self.stack.state / "pg"
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        proc = psutil.Process(pid)
+        # Ours: a postgres whose data directory is in this run's temp state dir.
+        if proc.name() != "postgres" or str(pgdata) not in proc.cmdline():
+            raise RuntimeError(f"pid {pid} is not this run's postmaster: {proc.cmdline()}")
+        return proc
+
+    def _start_postgres(self) -> None:
+        env = {k: v for k, v in self.stack.base_env.items() if k != "DATABASE_URL"}  # REDIS_URL set: left alone
+        deadline = time.monotonic() + 60
+        while True:
+            proc = subprocess.run([sys.executable, "-m", "api.embedded", "start"], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=120)
+            urls = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+            if proc.returncode == 0 and urls.get("DATABASE_URL") == self.db_url:
+                return
+            if proc.returncode == 0 or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL restart failed or moved: {urls} {proc.stderr[-500:]}")
+            time.sleep(0.5)  # right after shutdown the old processes may still be exiting
+
+    def db_outage(self, down_s: float = 4.0) -> None:
+        """c. PostgreSQL stopped (fast shutdown) for a few seconds, then started again."""
+        batch = self._stock("OUTAGE")
+        sale = self._sale("S-OUTAGE", 1)
+        holder = self._hold_lock(batch)
+        job = self._pay(sale)
+        self._wait_attempts([job], 2)  # in its retry backoff: the next attempts meet the outage
+        postmaster = self._postmaster()
+        t0 = time.monotonic()
+        answers = {}
+        try:
+            postmaster.send_signal(signal.SIGINT)  # fast shutdown: sessions (our lock holder too) end
+            psutil.wait_procs([postmaster], timeout=30)
+            self._release(holder)
+            for what, method, path, kw in (
+                ("GET /api/stock", "GET", "/api/stock", {}),
+                ("POST /api/sales", "POST", "/api/sales", {"json": {
+                    "number": f"S-DOWN-{self.run}", "location": "MAIN",
+                    "lines": [{"sku": self._sku, "quantity": 1, "unit_price": "1.00"}]}}),
+                ("GET /api/jobs/<id>", "GET", f"/api/jobs/{job}", {}),
+                ("GET /readyz", "GET", "/readyz", {}),
+            ):
+                r = self.load.req(f"{what} (database down)", method, path, **kw)
+                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                err = body.get("error") if isinstance(body.get("error"), dict) else {}
+                answers[what] = {"status": r.status_code, "code": err.get("code") or body.get("status"),
+                                 "retry_after": r.headers.get("Retry-After")}
+            time.sleep(max(0.0, down_s - (time.monotonic() - t0)))
+        finally:
+            self._start_postgres()
+        down = round(time.monotonic() - t0, 1)
+        # The web's pooled connections died with the server: the first request on one may still fail.
+        recovered = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.load.req("GET /api/stock (after restart)", "GET", "/api/stock").status_code == 200:
+                recovered = round(time.monotonic() - t0, 1)
+                break
+            time.sleep(0.5)
+        self.report["c_postgres_outage"] = {
+            "down_s": down, "answers_while_down": answers, "api_ok_again_after_s": recovered,
+            "job_caught_in_it": self._outcomes([job], timeout=90)[0]}
+
+    def redis_refuses_writes(self) -> None:
+        """d. Redis at maxmemory (noeviction) while one public lead is submitted: the throttle's
+        INCR is refused, nothing handles it, the API answers 500 with the request id."""
+        r = redis.Redis.from_url(self.stack.urls["REDIS_URL"])
+        port = (self.stack.state / "redis" / "port").read_text().strip()
+        if r.connection_pool.connection_kwargs.get("port") != int(port):
+            raise RuntimeError("not this run's Redis")
+        before = r.config_get("maxmemory*")
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", "1")
+        try:
+            resp = self.load.req("lead (Redis refusing writes)", "POST", "/public/leads", client=self.load.anon,
+                                 json={"name": "Lead", "email": "oom@example.com", "message": "hi", "source": "web"})
+        finally:
+            r.config_set("maxmemory", before["maxmemory"])
+            r.config_set("maxmemory-policy", before["maxmemory-policy"])
+        body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+        self.report["d_redis_refusing_writes"] = {"lead_status": resp.status_code,
+                                                  "code": (body.get("error") or {}).get("code")}
+
+    def run_all(self) -> dict:
+        for step in (self.lock_retries, self.retries_exhausted, self.db_outage, self.redis_refuses_writes):
+            log(f"failure: {step.__doc__.split(chr(10))[0].strip()}")
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - reported; missing metrics then fail the run
+                self.report[step.__name__ + "_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                log(f"failure step {step.__name__} broke: {exc}")
+        return self.report
 
 
 # --- queries -------------------------------------------------------------------------------
@@ -251,17 +502,121 @@ def evaluate(prom: httpx.Client) -> dict:
     raw = {m for m in referenced if m not in recorded}
     missing_raw = sorted(m for m in raw if m not in present)
     missing_recorded = sorted(m for m in recorded if m not in present)
-    catalogue = set()
-    for name, kind in _CATALOGUE.items():
-        catalogue |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"} if kind == _HISTOGRAM else {name}
+    # Finer: selectors with exact label values (result="error", le="0.8", job="…"): does any
+    # series over the run match? Reported, not failed: some outcomes need faults not staged here.
+    selectors: dict[str, set[str]] = {}
+    for kind, source, expr in exprs:
+        for sel in exact_selectors(expr):
+            selectors.setdefault(sel, set()).add(source)
+    empty_selectors = {}
+    for sel, sources in sorted(selectors.items()):
+        status, n, _ = query(prom, f"count(last_over_time({sel}[1h]))")
+        if status != "ok" or n == 0:
+            empty_selectors[sel] = sorted(sources)
     return {
         "rows": rows,
         "present": present,
         "referenced": referenced,
         "missing_raw": missing_raw,
         "missing_recorded": missing_recorded,
-        "catalogue_missing": sorted(catalogue - present),
+        "selectors_checked": len(selectors),
+        "empty_selectors": empty_selectors,
     }
+
+
+_SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
+_MATCHER = re.compile(r'(\w+)\s*(=~|!=|!~|=)\s*"((?:[^"\\]|\\.)*)"')
+
+
+def exact_selectors(expr: str) -> set[str]:
+    """`name{label="value", …}` for every selector with exact-value matchers (others dropped)."""
+    out = set()
+    for name, body in _SELECTOR.findall(expr):
+        if name in ("ALERTS", "ALERTS_FOR_STATE") or name in _NOT_SELECTORS:
+            continue
+        exact = [f'{label}="{value}"' for label, op, value in _MATCHER.findall(body) if op == "=" and value]
+        if exact:
+            out.add(f"{name}{{{', '.join(sorted(exact))}}}")
+    return out
+
+
+_NOT_SELECTORS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+
+
+# --- the scraped-names snapshot ----------------------------------------------------------------
+
+def _kept(name: str, relabels: list[dict]) -> bool:
+    """Whether a job's metric_relabel_configs keep a series of this name (name-only rules)."""
+    for r in relabels:
+        action = r.get("action", "replace")
+        if r.get("source_labels") != ["__name__"] or action not in ("drop", "keep"):
+            raise ValueError(f"metric_relabel_config not understood here: {r}")
+        if bool(re.fullmatch(r["regex"], name)) == (action == "drop"):
+            return False
+    return True
+
+
+def observed_names(prom: httpx.Client, cfg: dict, targets: dict[str, tuple[str, dict]]) -> dict[str, tuple[dict, set]]:
+    """{target: ({family: type}, {sample name})} from a direct scrape of each target (`# TYPE`
+    lines count: a labelled family with no child yet has no sample) and from the names
+    Prometheus stored for its job over the whole run; both after the job's relabelling.
+    Prometheus's own per-target series (up, scrape_*) are left out."""
+    relabels = {j["job_name"]: j.get("metric_relabel_configs", []) for j in cfg["scrape_configs"]}
+    out = {}
+    for job, (url, headers) in targets.items():
+        target = LOCAL_JOBS[job]
+        resp = httpx.get(url, headers=headers, timeout=30)
+        resp.raise_for_status()
+        types, samples = exposition_names(resp.text)
+        stored = prom.get("/api/v1/label/__name__/values", params={"match[]": f'{{job="{job}"}}'}).json()["data"]
+        samples |= set(stored) - PROMETHEUS_BUILTINS
+        keep = relabels[job]
+        out[target] = ({n: k for n, k in types.items() if _kept(n, keep)}, {n for n in samples if _kept(n, keep)})
+    return out
+
+
+def snapshot_text(observed: dict[str, tuple[dict, set]]) -> str:
+    rows = []
+    for target in sorted(observed):
+        types, samples = observed[target]
+        for name in sorted(set(types) | samples):
+            if name in types:
+                rows.append((target, "type", name, types[name]))
+            if name in samples:
+                rows.append((target, "sample", name, ""))
+    w0, w2 = max(len(r[0]) for r in rows), max(len(r[2]) for r in rows)
+    header = """\
+# Metric names seen in real scrapes of stockflow's web and worker and of celery-exporter after
+# the scripted load of monitoring/integration.py (failures included: retries, jobs failing
+# with `error`, a PostgreSQL outage, Redis refusing writes). Generated, do not edit:
+#
+#     .venv/bin/python monitoring/integration.py --write-snapshot
+#
+# `type`: a `# TYPE` line of a direct scrape (the family exists, maybe without samples yet);
+# `sample`: a sample name (direct scrape, or stored by Prometheus for that job), after the
+# job's metric_relabel_configs (no *_created). Prometheus's own up/scrape_* are not listed.
+# tests/test_monitoring.py: every metric a rule or dashboard names must be here (or be a
+# recording rule or a Prometheus built-in). tests/test_metrics.py: every name here must be in
+# the live expositions of a real web, worker and celery-exporter.
+#
+"""
+    body = "\n".join(f"{t.ljust(w0)}  {src.ljust(6)}  {n.ljust(w2)}  {k}".rstrip() for t, src, n, k in rows)
+    return header + body + "\n"
+
+
+def snapshot_drift(observed: dict[str, tuple[dict, set]]) -> dict:
+    """Names this run saw that the committed snapshot lacks, and the reverse."""
+    try:
+        committed = read_snapshot()
+    except FileNotFoundError:
+        committed = {}
+    drift = {}
+    for target in sorted(set(observed) | set(committed)):
+        now = names_of(*observed.get(target, ({}, set())))
+        then = names_of(*committed.get(target, ({}, set())))
+        if now - then or then - now:
+            drift[target] = {"new": sorted(now - then), "gone": sorted(then - now)}
+    return drift
 
 
 def print_report(res: dict, load: dict) -> dict:
@@ -281,7 +636,9 @@ def print_report(res: dict, load: dict) -> dict:
     summary["referenced_metric_names"] = len(res["referenced"])
     summary["missing_metrics"] = {m: sorted(res["referenced"][m]) for m in res["missing_raw"]}
     summary["missing_recorded_series"] = res["missing_recorded"]
-    summary["catalogue_names_not_scraped"] = [m for m in res["catalogue_missing"] if m not in PROMETHEUS_BUILTINS]
+    summary["exact_selectors_checked"] = res["selectors_checked"]
+    summary["exact_selectors_without_series"] = res["empty_selectors"]
+    summary["snapshot"] = res.get("snapshot", {})
     summary["load"] = load
     print("\nSUMMARY " + json.dumps(summary, indent=2, sort_keys=False))
     return summary
@@ -303,6 +660,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keep-logs", type=Path, help="copy the process logs (and prometheus.yml) here")
     ap.add_argument("--sales", type=int, default=100)
+    ap.add_argument("--write-snapshot", action="store_true",
+                    help=f"rewrite {SNAPSHOT.relative_to(ROOT)} from this run's scrapes (only if the run passes)")
     args = ap.parse_args()
 
     stack = Stack(web_concurrency=2, web_threads=4, worker_concurrency=2)
@@ -310,7 +669,6 @@ def main() -> int:
     prometheus: Proc | None = None
     token_file = stack.state / "metrics_token"
     metrics_token = uuid.uuid4().hex
-    summary: dict = {}
     rc = 1
     try:
         log("starting PostgreSQL + Redis")
@@ -326,7 +684,7 @@ def main() -> int:
         token_file.write_text(metrics_token)
 
         _, web_url = stack.start_web()
-        _, worker_port = stack.start_worker()
+        _, worker_port = stack.start_worker(obs_env=WORKER_ENV)
         log(f"web {web_url}, worker metrics :{worker_port}")
 
         exporter_port = free_port()
@@ -343,7 +701,8 @@ def main() -> int:
         ports = {"stockflow-web": int(web_url.rsplit(":", 1)[1]), "stockflow-worker": worker_port,
                  "celery-exporter": exporter_port}
         cfg_path = stack.state / "prometheus.yml"
-        cfg_path.write_text(yaml.safe_dump(prometheus_config(ports, prom_port, token_file), sort_keys=False))
+        cfg = prometheus_config(ports, prom_port, token_file)
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         check = subprocess.run(["promtool", "check", "config", str(cfg_path)], capture_output=True, text=True)
         if check.returncode:
             raise RuntimeError(f"generated config invalid:\n{check.stdout}{check.stderr}")
@@ -359,8 +718,12 @@ def main() -> int:
 
         time.sleep(5)  # a first scrape of every target before the load: counters start from a baseline
         log("scripted load")
-        load = Load(web_url, api_token).run(args.sales)
+        loader = Load(web_url, api_token)
+        load = loader.run(args.sales)
         log(f"load done: {json.dumps(load)}")
+        load["failures"] = Faults(loader, stack).run_all()
+        load["http"] = loader.codes
+        log(f"failures done: {json.dumps(load['failures'])}")
         # The periodic ledger check (beat is not started here): one run feeds stockflow_ledger_*.
         celery = Path(sys.executable).parent / "celery"
         sent = subprocess.run([str(celery), "-A", "workers.celery_app", "call", "stockflow.check_ledger"], cwd=ROOT,
@@ -382,13 +745,40 @@ def main() -> int:
                 break
             time.sleep(2)
         load["rule_groups_not_evaluated_after_load"] = pending
+        verdict = prom.get("/api/v1/query", params={"query": "max(stockflow_ledger_violations)"}).json()
+        result = verdict.get("data", {}).get("result") or []
+        load["ledger_violations_after_run"] = float(result[0]["value"][1]) if result else None
+        # What the failures left in Prometheus, for the record.
+        load["fault_series"] = {}
+        for expr in ('sum by (task, reason) (celery_task_retries_total)',
+                     'sum by (exception_type, location) (exceptions_total)',
+                     'sum by (reason) (sale_refund_rollback_total)',
+                     'sum by (result) (sales_paid_stock_consume_total{result="error"})',
+                     'sum by (type, result) (sale_refunds_total{result="error"})',
+                     'sum by (route, status) (http_requests_total{status=~"5.."})',
+                     'sum by (name, exception) (celery_task_failed_total) > 0',
+                     'sum by (name) (celery_task_retried_total)'):
+            data = prom.get("/api/v1/query", params={"query": expr}).json().get("data", {}).get("result", [])
+            load["fault_series"][expr] = {",".join(f"{k}={v}" for k, v in sorted(r["metric"].items())) or "{}":
+                                          float(r["value"][1]) for r in data}
         targets = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
         load["targets"] = {t["labels"]["job"]: t["health"] + (f" ({t['lastError']})" if t["lastError"] else "")
                            for t in targets}
         res = evaluate(prom)
-        summary = print_report(res, load)
-        errors = summary["alerts_error"] + summary["rules_error"] + summary["dashboards_error"]
-        rc = 1 if errors else 0
+        observed = observed_names(prom, cfg, {
+            "stockflow-web": (f"{web_url}/metrics", {"Authorization": f"Bearer {metrics_token}"}),
+            "stockflow-worker": (f"http://127.0.0.1:{worker_port}/metrics", {}),
+            "celery-exporter": (f"http://127.0.0.1:{exporter_port}/metrics", {}),
+        })
+        res["snapshot"] = {"file": str(SNAPSHOT.relative_to(ROOT)), "written": False,
+                           "names": {t: len(names_of(*v)) for t, v in observed.items()},
+                           "drift_from_committed": snapshot_drift(observed)}
+        errors = sum(r["status"] != "ok" for r in res["rows"])
+        rc = 1 if errors or res["missing_raw"] or res["missing_recorded"] else 0
+        if args.write_snapshot and rc == 0:
+            SNAPSHOT.write_text(snapshot_text(observed))
+            res["snapshot"]["written"] = True
+        print_report(res, load)
     finally:
         if args.keep_logs:
             args.keep_logs.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,23 @@
 """A scripted run against the web and a prefork worker (concurrency 2): both expositions
 show the catalogue with exactly the expected increments, pass `promtool check metrics`,
-and keep label cardinality bounded."""
+and keep label cardinality bounded. And the committed scrape snapshot that rules and
+dashboards are checked against (monitoring/scraped-metric-names.txt) names only what a real
+web, worker and celery-exporter expose."""
+import time
 from pathlib import Path
 
+import httpx
+import psycopg
 import pytest
+from django.db import connection
 
-from tests.api_helpers import ok, pay, product, receive, refund, sale
+from tests.api_helpers import ok, pay, pay_and_wait, product, receive, refund, sale
 from tests.conftest import wait_for_job
 from tests.metrics_helpers import cardinality_problems, free_port, promtool_check, samples, scrape, value
+from tests.test_flower_exporter import ScriptProcess, exporter_venv, script_env  # noqa: F401 (a fixture)
+from tests.test_monitoring import SNAPSHOT, STOCKFLOW_TARGETS, exposition_names, names_of, read_snapshot
 
+ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-metrics-token"
 
 
@@ -111,3 +120,70 @@ def test_scripted_run_counts_exactly_across_prefork_children(client, live_server
 def test_metrics_endpoint_needs_the_token(anon_client):
     assert anon_client.get("/metrics").status_code == 401
     assert anon_client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+# --- the scrape snapshot names only what really exists -------------------------------------------
+
+@pytest.fixture
+def faulty_worker(worker_factory):
+    """A prefork worker on which a held row lock is a transient fault: lock waits give up
+    after 200 ms (libpq reads PGOPTIONS), one retry within a second, then the job fails."""
+    port = free_port()
+    w = worker_factory(concurrency=2, WORKER_METRICS_PORT=port, PGOPTIONS="-c lock_timeout=200",
+                       JOB_MAX_RETRIES=1, JOB_RETRY_BACKOFF_MAX_SECONDS=1)
+    w.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    return w
+
+
+def test_snapshot_names_of_web_and_worker_are_in_their_live_expositions(client, live_server, faulty_worker):
+    """The outcomes of monitoring/integration.py's run, failures included (a retry, jobs failing
+    with `error`, a refund rolled back), on a real web and worker; then every name the snapshot
+    lists for web or worker must be in that process's live `# TYPE` lines or samples. A metric
+    renamed or dropped in code fails here until the snapshot is regenerated."""
+    product(client, "SNAP")
+    batch = receive(client, "SNAP", "L1", 20, 30)
+    sold, kept, stuck = (sale(client, f"SNAP-{n}", [("SNAP", 2)]) for n in range(3))
+    short = sale(client, "SNAP-SHORT", [("SNAP", 500)])
+    assert [pay_and_wait(client, s["id"])["status"] for s in (sold, kept, short)] == ["succeeded"] * 2 + ["failed"]
+    assert wait_for_job(client, ok(refund(client, sold["id"], "snap-1"), 202)["job"]["id"])["status"] == "succeeded"
+    with psycopg.connect(**connection.get_connection_params()) as holder:
+        # The stock row both jobs lock after the sale: each attempt times out, is retried once, fails.
+        holder.execute("SELECT 1 FROM inventory_stockonhand WHERE batch_id = %s FOR UPDATE", [batch["batch_id"]])
+        jobs = [pay(client, stuck["id"])["id"], ok(refund(client, kept["id"], "snap-2"), 202)["job"]["id"]]
+        failed = [wait_for_job(client, j) for j in jobs]
+        holder.rollback()
+    assert [(j["status"], j["error"]["code"], j["attempts"]) for j in failed] == [("failed", "error", 2)] * 2, failed
+
+    live = {"web": exposition_names(scrape(f"{live_server.url}/metrics", TOKEN)),
+            "worker": exposition_names(scrape(faulty_worker.metrics_url))}
+    snapshot = read_snapshot()
+    for target in STOCKFLOW_TARGETS:
+        unknown = names_of(*snapshot[target]) - names_of(*live[target])
+        assert not unknown, (f"{SNAPSHOT.name} lists {target} names the live {target} does not expose: "
+                             f"{sorted(unknown)}; regenerate it: monitoring/integration.py --write-snapshot")
+    # The failure paths are real in this worker too, not only declared.
+    worker_samples = live["worker"][1]
+    assert {"exceptions_total", "celery_task_retries_total", "sale_refund_rollback_total"} <= worker_samples
+
+
+@pytest.mark.usefixtures("exporter_venv")
+def test_snapshot_names_of_the_exporter_are_in_its_live_exposition(tmp_path, broker):
+    """bin/celery-exporter as the Procfile starts it, on the test broker: its `# TYPE` lines
+    declare every family, samples or not; the snapshot's exporter names must all be there."""
+    port = free_port()
+    proc = ScriptProcess(tmp_path, "celery-exporter", [str(ROOT / "bin" / "celery-exporter")],
+                         script_env(EXPORTER_PORT=port, EXPORTER_ADDRESS="127.0.0.1"))
+    try:
+        deadline, text = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and not text:
+            proc.check_alive()
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+                text = r.text if r.status_code == 200 else ""
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert text, f"celery-exporter /metrics did not answer:\n{proc.log()[-3000:]}"
+    finally:
+        proc.stop()
+    unknown = names_of(*read_snapshot()["celery-exporter"]) - names_of(*exposition_names(text))
+    assert not unknown, f"{SNAPSHOT.name} lists exporter names celery-exporter does not expose: {sorted(unknown)}"

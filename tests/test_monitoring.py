@@ -50,72 +50,69 @@ BUSINESS_OUTCOMES = ("insufficient_stock", "expired_batch", "over_refund", "inva
 RECEIVERS = {"critical": "pagerduty,slack", "warning": "slack"}
 
 
-# --- the metric catalogue --------------------------------------------------------------
+# --- the metric names that exist: a scrape after a scripted run ----------------------------
 
-_HISTOGRAM, _COUNTER, _GAUGE = "histogram", "counter", "gauge"
-_CATALOGUE = {
-    # web: gunicorn /metrics (bearer token), incl. scrape-time gauges from PostgreSQL
-    "http_requests_total": _COUNTER,
-    "http_request_duration_seconds": _HISTOGRAM,
-    "exceptions_total": _COUNTER,
-    "sales_transition_total": _COUNTER,
-    "sale_refunds_total": _COUNTER,
-    "sale_refund_over_refund_attempts_total": _COUNTER,
-    "sale_refund_idempotency_conflicts_total": _COUNTER,
-    "public_leads_requests_total": _COUNTER,
-    "public_leads_throttled_total": _COUNTER,
-    "public_leads_429_total": _COUNTER,
-    "stockflow_jobs": _GAUGE,
-    "stockflow_oldest_queued_job_age_seconds": _GAUGE,
-    "stockflow_ledger_violations": _GAUGE,
-    "stockflow_ledger_last_check_timestamp_seconds": _GAUGE,
-    # worker: the Celery main process, one exposition for all prefork children
-    "sales_paid_stock_consume_total": _COUNTER,
-    "sales_paid_stock_consume_duration_seconds": _HISTOGRAM,
-    "sale_refund_duration_seconds": _HISTOGRAM,
-    "sale_refund_lines_total": _COUNTER,
-    "sale_refund_stock_moves_created_total": _COUNTER,
-    "sale_refund_rollback_total": _COUNTER,
-    "stockflow_jobs_finished_total": _COUNTER,
-    "celery_task_attempts_total": _COUNTER,
-    "celery_task_outcomes_total": _COUNTER,
-    "celery_task_duration_seconds": _HISTOGRAM,
-    "celery_task_queue_wait_seconds": _HISTOGRAM,
-    "celery_task_retries_total": _COUNTER,
-    # danihodovic/celery-exporter 0.11.2 (src/exporter.py)
-    "celery_task_sent_total": _COUNTER,
-    "celery_task_received_total": _COUNTER,
-    "celery_task_started_total": _COUNTER,
-    "celery_task_succeeded_total": _COUNTER,
-    "celery_task_failed_total": _COUNTER,
-    "celery_task_retried_total": _COUNTER,
-    "celery_task_rejected_total": _COUNTER,
-    "celery_task_revoked_total": _COUNTER,
-    "celery_task_runtime": _HISTOGRAM,
-    "celery_worker_up": _GAUGE,
-    "celery_worker_tasks_active": _GAUGE,
-    "celery_queue_length": _GAUGE,
-    "celery_active_consumer_count": _GAUGE,
-    "celery_active_worker_count": _GAUGE,
-    "celery_active_process_count": _GAUGE,
-}
+# Written by `monitoring/integration.py --write-snapshot` from real scrapes of web, worker and
+# celery-exporter after its scripted load (failures included). tests/test_metrics.py checks it
+# against live expositions: a name the code no longer exposes (renamed, dropped, invented)
+# fails there until the snapshot is regenerated.
+SNAPSHOT = MON / "scraped-metric-names.txt"
+SNAPSHOT_TARGETS = ("web", "worker", "celery-exporter")
+STOCKFLOW_TARGETS = ("web", "worker")
+_FAMILY_SAMPLES = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("", "_sum", "_count")}
 
 
-def exposed_metric_names() -> set[str]:
-    """Every sample name stockflow (web, worker) and celery-exporter expose, as a scrape
-    shows them (histograms as _bucket/_sum/_count).
+def exposition_names(text: str) -> tuple[dict[str, str], set[str]]:
+    """({family: type} from the `# TYPE` lines, {sample name}) of a text exposition. A counter's
+    family is named with its `_total` there, as its samples are."""
+    types, samples = {}, set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            parts = line.split()
+            if len(parts) >= 4:
+                types[parts[2]] = parts[3]
+        elif line.strip() and not line.startswith("#"):
+            m = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line)
+            if m:
+                samples.add(m.group(0))
+    return types, samples
 
-    The one source of the catalogue: replace the body with the names of a scrape taken
-    after a scripted run (read `# TYPE` lines too: a labelled counter never incremented
-    has no samples yet)."""
-    names = set()
-    for name, kind in _CATALOGUE.items():
-        if kind == _HISTOGRAM:
-            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-        else:
-            names.add(name)
+
+def names_of(types: dict[str, str], samples: set[str]) -> set[str]:
+    """Every series name a scrape can yield: the samples, and each declared family's sample
+    names (a histogram's _bucket/_sum/_count), samples or not (never *_created: dropped)."""
+    names = set(samples)
+    for name, kind in types.items():
+        names |= {name + suffix for suffix in _FAMILY_SAMPLES.get(kind, ("",))}
     return names
 
+
+def read_snapshot(path: Path = SNAPSHOT) -> dict[str, tuple[dict[str, str], set[str]]]:
+    """{target: ({family: type}, {sample name})}"""
+    out: dict[str, tuple[dict[str, str], set[str]]] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        target, source, name, *kind = line.split()
+        types, samples = out.setdefault(target, ({}, set()))
+        if source == "type" and len(kind) == 1:
+            types[name] = kind[0]
+        elif source == "sample" and not kind:
+            samples.add(name)
+        else:
+            raise ValueError(f"{path.name}:{n}: not '<target> type <name> <kind>' or '<target> sample <name>'")
+    return out
+
+
+def exposed_metric_names(targets=SNAPSHOT_TARGETS) -> set[str]:
+    """Every series name web, worker and celery-exporter expose, per the snapshot."""
+    snapshot = read_snapshot()
+    return set().union(*(names_of(*snapshot[t]) for t in targets if t in snapshot))
+
+
+# Declared by celery-exporter but never set with a Redis broker (it is filled for amqp/memory
+# transports only): a `# TYPE` line without samples. No rule or panel may use these.
+NEVER_FILLED = {"celery_active_consumer_count"}
 
 # Series Prometheus makes itself (per target, or for alerts).
 PROMETHEUS_BUILTINS = {
@@ -415,6 +412,51 @@ def test_promql_metric_name_extraction():
 
 def _unknown_names(expr: str, known: set[str]) -> set[str]:
     return {n for n in promql_metric_names(expr) if n not in known}
+
+
+def test_the_snapshot_covers_every_target():
+    snapshot = read_snapshot()
+    assert set(snapshot) == set(SNAPSHOT_TARGETS), sorted(snapshot)
+    for target, (types, samples) in snapshot.items():
+        assert types and samples, f"{target}: no families or no samples in {SNAPSHOT.name}"
+        assert not {n for n in names_of(types, samples) if n.endswith("_created")}, target
+    # The scripted run's failures made the fault-path series real (samples, not just declared).
+    worker, exporter = snapshot["worker"][1], snapshot["celery-exporter"][1]
+    for name in ("exceptions_total", "celery_task_retries_total", "sale_refund_rollback_total"):
+        assert name in worker, f"{name}: no sample in the worker's scrape: was the run's failure phase skipped?"
+    assert {"celery_task_retried_total", "celery_task_failed_total"} <= exporter
+    assert not NEVER_FILLED & exporter, "a never-filled family has samples now: update NEVER_FILLED"
+    assert exposed_metric_names() >= {"http_requests_total", "celery_worker_up", "stockflow_jobs"}
+
+
+def test_no_rule_panel_or_runbook_uses_a_never_filled_family():
+    texts = [f.read_text() for f in RULE_FILES + DASHBOARDS + sorted(RUNBOOKS.glob("*.md"))]
+    for name in NEVER_FILLED:
+        assert not any(name in t for t in texts), f"{name} is never set with a Redis broker"
+
+
+def test_latency_slis_count_at_the_objective_bucket():
+    """A latency SLO's `le` is its objective (SPEC §5), and every `le` a rule selects is a
+    bucket boundary of that histogram as stockflow defines it."""
+    from prometheus_client import Histogram
+
+    from api.observability import metrics
+
+    bounds = {h._name: set(h._upper_bounds) for h in vars(metrics).values() if isinstance(h, Histogram)}
+    objective = {"stock-consume-latency": ("sales_paid_stock_consume_duration_seconds", 0.5),
+                 "refund-latency": ("sale_refund_duration_seconds", 0.8)}
+    seen = set()
+    for _, r in rules():
+        for hist, le in re.findall(r'(\w+)_bucket\{le="([^"]+)"\}', r["expr"]):
+            if hist in bounds:
+                assert float(le) in bounds[hist], f"{r.get('record') or r.get('alert')}: {hist} has no le={le} bucket"
+        slo = r.get("labels", {}).get("slo")
+        if r.get("record", "").startswith("slo:sli_error") and slo in objective:
+            hist, threshold = objective[slo]
+            les = {float(le) for h, le in re.findall(r'(\w+)_bucket\{le="([^"]+)"\}', r["expr"]) if h == hist}
+            assert les == {threshold}, f"{r['record']}{{slo={slo}}} counts at {les}, objective {threshold}"
+            seen.add(slo)
+    assert seen == set(objective)
 
 
 def test_rules_reference_only_exposed_metrics():
