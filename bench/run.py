@@ -103,7 +103,7 @@ def _kv(pairs: list[str]) -> dict[str, str]:
 
 OBS_DEFINITION = {
     "on": "LOG_LEVEL=INFO (JSON lines to the process log files), SENTRY_DSN set (sentry-sdk with Django/Celery/"
-          "logging integrations, traces_sample_rate 0, events to a local sink), CELERY_WORKER_SEND_TASK_EVENTS=true, "
+          "logging integrations, tracing off, events to a local sink), CELERY_WORKER_SEND_TASK_EVENTS=true, "
           "Prometheus metrics (multiprocess files)",
     "on_with_--obs-tracing": "also OTEL_EXPORTER_OTLP_ENDPOINT set (OpenTelemetry Django/Celery/psycopg spans, "
                              "OTLP/HTTP to the local sink)",
@@ -112,7 +112,6 @@ OBS_DEFINITION = {
     "not_switchable_by_env": [
         "Prometheus metrics: always recorded; bin/web and bin/worker always set PROMETHEUS_MULTIPROC_DIR "
         "(mmap-file values), so metrics are ON in both modes",
-        "worker task events: bin/worker passes --events, which overrides CELERY_WORKER_SEND_TASK_EVENTS=false",
         "task-sent events from the publisher (web): CELERY_TASK_SEND_SENT_EVENT=True in settings",
         "django-structlog's request/task middleware still runs (it binds context; only the output is dropped)",
     ],

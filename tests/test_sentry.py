@@ -74,8 +74,10 @@ def web_sentry(sentry_server):
 @pytest.fixture
 def sentry_worker(worker_factory, sentry_server):
     def start(**env):
+        # Rate 0: tracing on in the worker, following each job's web sampling decision.
         return worker_factory(
-            SENTRY_DSN=sentry_server.dsn, SENTRY_ENVIRONMENT="test", SENTRY_RELEASE="stockflow-tests", **env
+            SENTRY_DSN=sentry_server.dsn, SENTRY_ENVIRONMENT="test", SENTRY_RELEASE="stockflow-tests",
+            SENTRY_TRACES_SAMPLE_RATE="0", **env
         )
 
     return start

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import structlog
 from celery import signals
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django_structlog.celery.steps import DjangoStructLogInitStep
 from prometheus_client import start_http_server
 
@@ -43,10 +43,19 @@ def _stamp_publish_time(headers=None, **kwargs):
         headers["published_at"] = time.time()
 
 
+@signals.worker_process_init.connect
+def _no_db_health_checks(**kwargs):
+    # A health check is one more round trip (SELECT 1) per task. The worker does not need
+    # it: a connection broken under it (PostgreSQL restart) fails the task's first
+    # statement, which is a transient error: the connection is closed and the task retried.
+    for conn in connections.all(initialized_only=False):
+        conn.settings_dict["CONN_HEALTH_CHECKS"] = False
+
+
 @signals.task_prerun.connect
 def _db_connections(**kwargs):
-    # Django's per-request rule, per task: drop a connection past DB_CONN_MAX_AGE or broken
-    # (e.g. by a PostgreSQL restart) before the task uses it.
+    # Django's per-request rule, per task: drop a connection past DB_CONN_MAX_AGE, or one
+    # a failed task left unusable, before the task uses it.
     close_old_connections()
 
 

@@ -54,9 +54,9 @@ def init(dsn: str | None = None, **overrides) -> bool:
         integrations=[
             # Middleware and signal spans only matter to tracing; SQL breadcrumbs stay.
             DjangoIntegration(middleware_spans=tracing, signals_spans=tracing, cache_spans=False),
-            # stockflow carries its own request id in task headers; Sentry's trace headers
-            # are only worth their cost when traces are sampled.
-            CeleryIntegration(propagate_traces=tracing, monitor_beat_tasks=False),
+            # Trace headers on every task: a worker's error event joins the trace of the
+            # request that queued the job, with or without tracing.
+            CeleryIntegration(propagate_traces=True, monitor_beat_tasks=False),
             # Log records become breadcrumbs only: errors are reported from exceptions,
             # so a failure is one event, not one per log line about it.
             LoggingIntegration(event_level=None),
