@@ -164,6 +164,11 @@ def test_snapshot_names_of_web_and_worker_are_in_their_live_expositions(client, 
     # The failure paths are real in this worker too, not only declared.
     worker_samples = live["worker"][1]
     assert {"exceptions_total", "celery_task_retries_total", "sale_refund_rollback_total"} <= worker_samples
+    # ... and labelled by what happened: the retries by their cause, the failures by the
+    # database error inside the TransientError (which survives Celery's pickling).
+    parsed = samples(scrape(faulty_worker.metrics_url))
+    assert value(parsed, "celery_task_retries_total", task="stockflow.run_job", reason="lock_timeout") == 2, parsed
+    assert value(parsed, "exceptions_total", exception_type="LockNotAvailable", location="worker") == 2, parsed
 
 
 @pytest.mark.usefixtures("exporter_venv")

@@ -20,7 +20,7 @@ from api.observability import metrics
 from api.observability.exposition import process_registry
 from workers.celery_app import app
 from workers.heartbeat import Heartbeat
-from workers.transient import TransientError
+from workers.transient import TransientError, cause_of
 
 logger = structlog.get_logger(__name__)
 
@@ -86,13 +86,13 @@ def _task_finished(task=None, state=None, **kwargs):
 
 @signals.task_retry.connect
 def _task_retried(sender=None, reason=None, **kwargs):
-    metrics.TASK_RETRIES.labels(sender.name, reason.reason if isinstance(reason, TransientError) else "other").inc()
+    cause = getattr(reason, "exc", reason)  # Celery passes its Retry, which carries the error
+    metrics.TASK_RETRIES.labels(sender.name, cause.reason if isinstance(cause, TransientError) else "other").inc()
 
 
 @signals.task_failure.connect
 def _task_failed(sender=None, exception=None, **kwargs):
-    cause = exception.__cause__ if isinstance(exception, TransientError) and exception.__cause__ else exception
-    metrics.EXCEPTIONS.labels(type(cause).__name__, "worker").inc()
+    metrics.EXCEPTIONS.labels(type(cause_of(exception)).__name__, "worker").inc()
 
 
 @signals.worker_ready.connect
