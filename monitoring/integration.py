@@ -23,7 +23,7 @@
       answered 503 `unavailable` with Retry-After; a job in its retry backoff meets the outage
       (reason db_unavailable) and succeeds after the restart;
    d. Redis refusing writes (maxmemory reached, noeviction) for one public lead submission:
-      the throttle cannot count it, the exception is unhandled (500, exceptions_total{location="web"}).
+      the throttle cannot count it: 503 unavailable, public_leads_requests_total{result="error"}.
    Then the periodic ledger check task is sent once (its verdict must be clean).
 5. Every recording rule expr, alert expr and dashboard query goes through /api/v1/query;
    every metric name they reference is looked up in /api/v1/label/__name__/values.
@@ -250,7 +250,7 @@ class Faults:
     """Failures that make the fault-path metrics real: Celery retries (celery_task_retries_total,
     the exporter's celery_task_retried_total), jobs failing with `error` (exceptions_total from the
     worker, sale_refund_rollback_total, the availability SLIs' bad events), 503s during a database
-    outage, and an unhandled exception in the web (exceptions_total{location="web"}).
+    outage, and a 503 of the lead form while Redis refuses writes (its availability SLI's errors).
 
     Only this run's servers are touched: the postmaster whose data directory is in the stack's
     temp state dir, the Redis on the port recorded there."""
@@ -435,7 +435,7 @@ class Faults:
 
     def redis_refuses_writes(self) -> None:
         """d. Redis at maxmemory (noeviction) while one public lead is submitted: the throttle's
-        INCR is refused, nothing handles it, the API answers 500 with the request id."""
+        INCR is refused; the API answers 503 unavailable and counts a lead-form server error."""
         r = redis.Redis.from_url(self.stack.urls["REDIS_URL"])
         port = (self.stack.state / "redis" / "port").read_text().strip()
         if r.connection_pool.connection_kwargs.get("port") != int(port):

@@ -5,12 +5,13 @@ import time
 
 import httpx
 import pytest
+import redis
 
-from api.core import scopes
+from api.core import redis_client, scopes
 from api.core.models import ApiToken
 from api.leads.models import Lead
 from tests.conftest import WebProcess
-from tests.metrics_helpers import samples, scrape, value
+from tests.metrics_helpers import free_port, samples, scrape, value
 
 LEAD = {"name": "Ada Lovelace", "email": "ada@example.org", "phone": "+44 20 7946 0958",
         "message": "Please call me about bulk orders", "source": "website"}
@@ -97,3 +98,19 @@ def test_hourly_budget(anon_client, settings):
     settings.LEADS_PER_MINUTE = 100
     answers = [anon_client.post("/public/leads", json=LEAD).status_code for _ in range(11)]
     assert answers == [201] * 10 + [429]
+
+
+def test_lead_form_without_redis_is_503_counted_as_a_server_error(anon_client, live_server, monkeypatch):
+    """Redis (the throttle's store) unreachable: a clear 503 with Retry-After, nothing stored,
+    and the availability SLI sees a server-side error, not a 500."""
+    before = value(samples(scrape(f"{live_server.url}/metrics", "test-metrics-token")),
+                   "public_leads_requests_total", result="error")
+    # A real client on a port nobody listens on: connection refused, as when Redis is down.
+    monkeypatch.setattr(redis_client, "_client", redis.Redis(port=free_port(), socket_connect_timeout=1))
+    r = anon_client.post("/public/leads", json=LEAD)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "unavailable" and r.headers["Retry-After"] == "5"
+    assert not Lead.objects.exists()
+    after = value(samples(scrape(f"{live_server.url}/metrics", "test-metrics-token")),
+                  "public_leads_requests_total", result="error")
+    assert after == before + 1

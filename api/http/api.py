@@ -6,6 +6,7 @@ from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from redis.exceptions import RedisError
 
 from api.core.errors import DomainError, ErrorCode
 from api.http.auth import BearerToken
@@ -81,6 +82,14 @@ def _suspicious(request, exc):
 def _database_down(request, exc):
     logger.warning("http.database_unavailable", exception_type=type(exc).__name__)
     return error_response(request, ErrorCode.UNAVAILABLE, "database unavailable, retry later",
+                          headers={"Retry-After": "5"})
+
+
+@api.exception_handler(RedisError)
+def _redis_down(request, exc):
+    # Redis holds the lead form's throttle: without it the form is unavailable, not broken.
+    logger.warning("http.redis_unavailable", exception_type=type(exc).__name__)
+    return error_response(request, ErrorCode.UNAVAILABLE, "service temporarily unavailable, retry later",
                           headers={"Retry-After": "5"})
 
 

@@ -23,6 +23,17 @@ _BODY = {"content": {"application/json": {"schema": LeadIn.model_json_schema()}}
     summary="Anonymous contact form; throttled per client (2/min, 10/hour)",
 )
 def create_lead(request: HttpRequest):
+    try:
+        return _create_lead(request)
+    except (DomainError, ValidationError):
+        raise  # the caller's doing: counted as throttled / invalid
+    except Exception:
+        # The server's doing (database or Redis down, a bug): the availability SLI's errors.
+        metrics.LEADS_REQUESTS.labels("error").inc()
+        raise
+
+
+def _create_lead(request: HttpRequest):
     # Throttle before parsing: malformed floods spend the same budget as valid ones.
     verdict = leads.check_throttle(request)
     if not verdict.allowed:
