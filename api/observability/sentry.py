@@ -4,6 +4,7 @@ One issue per job that fails for good: Celery's integration reports a task whose
 exception escapes (retries exhausted, or an unexpected error) and ignores retries;
 business failures finish the job without raising, so they never reach Sentry.
 """
+import logging
 import os
 
 import sentry_sdk
@@ -57,9 +58,10 @@ def init(dsn: str | None = None, **overrides) -> bool:
             # Trace headers on every task: a worker's error event joins the trace of the
             # request that queued the job, with or without tracing.
             CeleryIntegration(propagate_traces=True, monitor_beat_tasks=False),
-            # Log records become breadcrumbs only: errors are reported from exceptions,
-            # so a failure is one event, not one per log line about it.
-            LoggingIntegration(event_level=None),
+            # Warnings become breadcrumbs, never events: errors are reported from exceptions,
+            # so a failure is one event, not one per log line about it. INFO lines stay out
+            # (several per request, all findable in the logs by the event's request_id tag).
+            LoggingIntegration(level=logging.WARNING, event_level=None),
         ],
         before_send=_scrub_event,
         before_send_transaction=_scrub_event,
