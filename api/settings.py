@@ -12,7 +12,7 @@ import dj_database_url
 
 from api import embedded
 from api.observability import logging as log_config
-from api.observability import sentry, tracing
+from api.observability import tracing
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -140,7 +140,7 @@ DJANGO_STRUCTLOG_CELERY_ENABLED = True
 DJANGO_STRUCTLOG_IP_LOGGING_ENABLED = False  # an IP address is personal data
 DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True  # RequestIdMiddleware sanitized it first
 DJANGO_STRUCTLOG_USER_ID_FIELD = None
-sentry.init()  # only when SENTRY_DSN is set
+# Sentry starts in each process's entry point (api/wsgi.py; workers/signals.py for worker and beat).
 # /metrics on the web port answers only to this bearer token (unset: always 401).
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 

@@ -18,7 +18,10 @@ import os
 import django
 from django.core.handlers.wsgi import WSGIHandler
 
+from api.observability import sentry
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "api.settings")
+sentry.init()  # as api/wsgi.py does for the web
 django.setup(set_prefix=False)
 
 from django.http import HttpRequest  # noqa: E402

@@ -16,7 +16,7 @@ from django_structlog.celery.steps import DjangoStructLogInitStep
 from prometheus_client import start_http_server
 
 from api.observability import logging as log_config
-from api.observability import metrics
+from api.observability import metrics, sentry
 from api.observability.exposition import process_registry
 from workers.celery_app import app
 from workers.heartbeat import Heartbeat
@@ -28,6 +28,13 @@ app.steps["worker"].add(DjangoStructLogInitStep)
 app.steps["worker"].add(Heartbeat)
 
 _OUTCOMES = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
+
+
+@signals.celeryd_init.connect
+@signals.beat_init.connect
+def _start_sentry(**kwargs):
+    # In the worker's main process, before the pool forks: every child inherits it.
+    sentry.init(django=False)
 
 
 @signals.setup_logging.connect
