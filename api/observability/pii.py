@@ -4,6 +4,7 @@ Keys that name personal data are redacted at any depth; in every string value,
 e-mail addresses, IP addresses and international phone numbers are masked
 (this also covers exception text rendered into a log line).
 """
+import functools
 import re
 
 REDACTED = "[redacted]"
@@ -27,13 +28,19 @@ _PATTERNS = re.compile(
 )
 
 
+# Every pattern above needs one of these: most log values (ids, statuses, event names)
+# have none and skip the full scan. Runs on every value of every log line.
+_MAYBE = re.compile(r"[@.:+]|sf_")
+
+
+@functools.lru_cache(maxsize=4096)
 def is_pii_key(key) -> bool:
     k = str(key).lower().replace("-", "_")
     return k in PII_KEYS or k.endswith(_KEY_SUFFIXES)
 
 
 def mask_text(text: str) -> str:
-    return _PATTERNS.sub(REDACTED, text)
+    return _PATTERNS.sub(REDACTED, text) if _MAYBE.search(text) else text
 
 
 def scrub(value, depth: int = 0):
