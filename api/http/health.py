@@ -17,7 +17,16 @@ def _check_database() -> None:
 
 
 def _check_broker() -> None:
-    redis_client.client().ping()
+    # The broker jobs are published to (CELERY_BROKER_URL), which need not be REDIS_URL.
+    from workers.celery_app import app
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=0, timeout=2)
+        conn.default_channel  # opens the transport: Redis answers, or this raises
+
+
+def _check_redis() -> None:
+    redis_client.client().ping()  # throttle, heartbeats, ledger verdict
 
 
 def _check_worker() -> None:
@@ -25,7 +34,7 @@ def _check_worker() -> None:
         raise RuntimeError(f"no worker heartbeat in the last {settings.WORKER_HEARTBEAT_MAX_AGE_SECONDS}s")
 
 
-CHECKS = {"database": _check_database, "broker": _check_broker, "worker": _check_worker}
+CHECKS = {"database": _check_database, "broker": _check_broker, "redis": _check_redis, "worker": _check_worker}
 
 
 def readyz(request):
