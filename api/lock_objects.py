@@ -7,14 +7,14 @@ jobs can wait for each other but never deadlock. Which stock to *consume* (FEFO)
 decided after locking, in Python: locking order and consumption order are separate.
 
 These are the hot path of every job and every accepted request, so they are written
-as SQL (through `Model.objects.raw`, which still returns model instances): building
-the same queries through the ORM cost more CPU than running them.
+as SQL (`api.core.sql.fetch` still returns model instances): building the same
+queries through the ORM cost more CPU than running them.
 """
 import uuid
 
 from django.db import connection
 
-from api.core import ids
+from api.core import ids, sql
 from api.inventory.models import Batch, Location, StockOnHand
 from api.jobs.models import Job
 from api.sales.models import Sale
@@ -32,19 +32,21 @@ def job(job_id) -> Job | None:
         job_uuid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
     except ValueError:
         return None
-    return next(iter(Job.objects.raw(f"SELECT * FROM {_JOB} WHERE id = %s FOR UPDATE", [job_uuid])), None)
+    found = sql.fetch(Job, f"SELECT {sql.columns(Job, 'j')} FROM {_JOB} j WHERE j.id = %s FOR UPDATE", [job_uuid])
+    return found[0] if found else None
 
 
 def sale(sale_id) -> Sale | None:
     """The sale, locked, with its location (not locked) attached."""
     if not ids.plausible(sale_id):
         return None
-    found = list(Sale.objects.raw(
-        f"""SELECT s.*, l.code AS location_code, l.timezone AS location_timezone
+    found = sql.fetch(
+        Sale,
+        f"""SELECT {sql.columns(Sale, 's')}, l.code AS location_code, l.timezone AS location_timezone
             FROM {_SALE} s JOIN {_LOCATION} l ON l.id = s.location_id
             WHERE s.id = %s FOR UPDATE OF s""",
         [sale_id],
-    ))
+    )
     if not found:
         return None
     s = found[0]

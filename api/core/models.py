@@ -5,6 +5,7 @@ from django.db import models
 from django.utils import timezone
 
 from . import scopes as scopes_module
+from . import sql
 
 TOKEN_PREFIX = "sf_"
 
@@ -49,10 +50,9 @@ class ApiToken(models.Model):
     @classmethod
     def authenticate(cls, raw: str) -> "ApiToken | None":
         # Every API request runs this: SQL, not the ORM's query compiler.
-        found = cls.objects.raw(
-            f"SELECT * FROM {cls._meta.db_table} WHERE token_hash = %s AND revoked_at IS NULL", [hash_token(raw)]
-        )
-        return next(iter(found), None)
+        found = sql.fetch(cls, f"SELECT {sql.columns(cls, 't')} FROM {cls._meta.db_table} t "
+                               "WHERE t.token_hash = %s AND t.revoked_at IS NULL", [hash_token(raw)])
+        return found[0] if found else None
 
 
 class AuditEntry(models.Model):

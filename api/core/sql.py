@@ -28,3 +28,39 @@ def insert(obj: models.Model) -> models.Model:
     obj._state.adding = False
     obj._state.db = connection.alias
     return obj
+
+
+@lru_cache(maxsize=None)
+def _select_fields(model: type[models.Model]) -> tuple:
+    fields = tuple(model._meta.concrete_fields)
+    attnames = tuple(f.attname for f in fields)
+    converters = tuple((i, f) for i, f in enumerate(fields) if hasattr(f, "from_db_value"))
+    return fields, attnames, converters
+
+
+def columns(model: type[models.Model], alias: str) -> str:
+    """The model's columns as `fetch` expects them first in a SELECT: `alias.col, …`."""
+    return ", ".join(f"{alias}.{f.column}" for f in _select_fields(model)[0])
+
+
+def fetch(model: type[models.Model], query: str, params) -> list:
+    """Instances of `model` from a SELECT that starts with `columns(model, …)`, built as
+    the ORM builds them (`from_db`, field converters such as JSON decoding); any further
+    columns become attributes named as in the query. (`Model.objects.raw` does the same
+    but maps the columns to fields again on every call.)"""
+    fields, attnames, converters = _select_fields(model)
+    n = len(fields)
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        extra = [d.name for d in cursor.description[n:]]
+        rows = cursor.fetchall()
+    out = []
+    for row in rows:
+        values = list(row[:n])
+        for i, field in converters:
+            values[i] = field.from_db_value(values[i], None, connection)
+        obj = model.from_db(connection.alias, attnames, values)
+        for name, value in zip(extra, row[n:]):
+            setattr(obj, name, value)
+        out.append(obj)
+    return out

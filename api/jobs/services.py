@@ -58,10 +58,10 @@ def accept(
             raise DomainError(ErrorCode.NOT_FOUND, f"sale {sale_id} not found")
         # One query for both earlier jobs that decide this request: the one holding this key,
         # and (for `paid`) one still in flight.
-        earlier = list(Job.objects.raw(_EARLIER, {
+        earlier = sql.fetch(Job, _EARLIER, {
             "sale": sale.pk, "kind": kind, "key": idempotency_key or None,
             "one_at_a_time": kind == Job.Kind.SALE_PAID,
-        }))
+        })
         same_key = next((j for j in earlier if idempotency_key and j.idempotency_key == idempotency_key), None)
         if same_key is not None:
             if same_key.fingerprint != fp:
@@ -84,7 +84,7 @@ def accept(
 
 
 _EARLIER = f"""
-    SELECT * FROM {Job._meta.db_table}
+    SELECT {sql.columns(Job, 'j')} FROM {Job._meta.db_table} j
     WHERE sale_id = %(sale)s AND kind = %(kind)s
       AND (idempotency_key = %(key)s OR (%(one_at_a_time)s AND status IN ('queued', 'running')))
     ORDER BY created_at"""

@@ -12,7 +12,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from api import lock_objects
-from api.core import ids
+from api.core import ids, sql
 from api.core.errors import DomainError, ErrorCode
 from api.inventory import fefo
 from api.inventory import services as inventory
@@ -96,11 +96,12 @@ def transition(sale_id, to_status: str) -> Sale:
 def lines_with_sku(sale_id: int) -> list[SaleLine]:
     """The sale's lines with each product's sku (`line.sku`), in line order: one query
     on the job's hot path."""
-    return list(SaleLine.objects.raw(
-        f"""SELECT l.*, p.sku FROM {SaleLine._meta.db_table} l JOIN {Product._meta.db_table} p ON p.id = l.product_id
-            WHERE l.sale_id = %s ORDER BY l.id""",
+    return sql.fetch(
+        SaleLine,
+        f"""SELECT {sql.columns(SaleLine, 'l')}, p.sku FROM {SaleLine._meta.db_table} l
+            JOIN {Product._meta.db_table} p ON p.id = l.product_id WHERE l.sale_id = %s ORDER BY l.id""",
         [sale_id],
-    ))
+    )
 
 
 def pay(job) -> dict:
