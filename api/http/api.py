@@ -16,7 +16,32 @@ from api.observability import metrics
 
 logger = structlog.get_logger(__name__)
 
-api = NinjaAPI(
+_REQUEST_ID = {"description": "The request id (yours if you sent a sane X-Request-ID); quote it when reporting",
+               "required": True, "schema": {"type": "string"}}
+_LOCATION = {"description": "Where to poll the job: /api/jobs/{id}", "required": True, "schema": {"type": "string"}}
+_RETRY_AFTER = {"description": "Seconds to wait before trying again", "required": False,
+                "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+
+
+class StockflowAPI(NinjaAPI):
+    def get_openapi_schema(self, *args, **kwargs):
+        """The response headers every caller relies on, declared (django-ninja has no
+        per-response header declaration): X-Request-ID on every answer, Location on 202,
+        Retry-After on 429 and 503."""
+        schema = super().get_openapi_schema(*args, **kwargs)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    headers = response.setdefault("headers", {})
+                    headers["X-Request-ID"] = _REQUEST_ID
+                    if int(status) == 202:
+                        headers["Location"] = _LOCATION
+                    if int(status) in (429, 503):
+                        headers["Retry-After"] = _RETRY_AFTER
+        return schema
+
+
+api = StockflowAPI(
     title="stockflow",
     version="1.0.0",
     description="Sale transitions and refunds accepted as durable jobs; stock consumed FEFO by Celery workers.",
