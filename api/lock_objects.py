@@ -10,8 +10,6 @@ These are the hot path of every job and every accepted request, so they are writ
 as SQL (`api.core.sql.fetch` still returns model instances): building the same
 queries through the ORM cost more CPU than running them.
 """
-import uuid
-
 from django.db import connection
 
 from api.core import ids, sql
@@ -28,9 +26,8 @@ _STOCK_ORDER = "b.product_id, b.expires_on ASC NULLS LAST, b.id"
 
 
 def job(job_id) -> Job | None:
-    try:
-        job_uuid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
-    except ValueError:
+    job_uuid = ids.as_uuid(job_id)
+    if job_uuid is None:
         return None
     found = sql.fetch(Job, f"SELECT {sql.columns(Job, 'j')} FROM {_JOB} j WHERE j.id = %s FOR UPDATE", [job_uuid])
     return found[0] if found else None

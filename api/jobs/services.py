@@ -8,7 +8,6 @@ import datetime
 import hashlib
 import json
 import time
-import uuid
 from typing import Callable
 
 from django.conf import settings
@@ -17,7 +16,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from api import lock_objects
-from api.core import sql
+from api.core import ids, sql
 from api.core.errors import DomainError, ErrorCode
 from api.observability import domain
 
@@ -101,10 +100,7 @@ def _claim(job_id) -> bool:
     """Mark the job running and count the attempt in one autocommitted statement, so
     attempts survive a worker that dies mid-job. False if there is nothing to do."""
     now = timezone.now()
-    try:
-        job_uuid = uuid.UUID(str(job_id))
-    except ValueError:
-        job_uuid = None
+    job_uuid = ids.as_uuid(job_id)
     claimed = 0
     if job_uuid is not None:
         with connection.cursor() as cursor:
