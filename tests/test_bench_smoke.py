@@ -64,3 +64,16 @@ def test_bench_quick_prints_json_summary(tmp_path):
     written = json.loads(Path(res["results_file"]).read_text())
     assert written["targets"] == res["targets"]
     assert "stop_errors" not in res["teardown"] and "embedded_stop_error" not in res["teardown"]
+
+
+def test_bench_cpu_measures_both_paths_in_both_modes():
+    """`python -m bench.cpu` (the lever figures of bench/README.md): every timed job
+    succeeded (the child asserts it) and each (path, mode) has a CPU figure."""
+    proc = subprocess.run([sys.executable, "-m", "bench.cpu", "-n", "5"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(proc.stdout)
+    for path in ("accept", "job"):
+        assert res[path]["off"]["n"] == res[path]["on"]["n"] == 5
+        assert res[path]["off"]["cpu_ms"] > 0 and res[path]["on"]["cpu_ms"] > 0
+        assert res[path]["on_over_off"] > 0
