@@ -177,7 +177,7 @@ CELERY_RESULT_BACKEND = None
 # At-least-once delivery: ack after the task body, requeue if the child dies, take one at a time.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1)
 # Celery's Django fixup closes every DB connection around each task unless this is set
 # (a new PostgreSQL connection per job: 3337 sessions in one bench run instead of 35).
 # Django's DB_CONN_MAX_AGE and health checks apply per task instead (workers/signals.py).
