@@ -66,12 +66,14 @@ def receive_stock(
     return move, on_hand
 
 
+# (column, PostgreSQL type): one array parameter per column, unnested into rows.
+_MOVE_COLUMNS = (("kind", "varchar"), ("batch_id", "bigint"), ("quantity", "int"), ("sale_line_id", "bigint"),
+                 ("refund_line_id", "bigint"), ("job_id", "uuid"), ("request_id", "varchar"),
+                 ("created_at", "timestamptz"))
 _WRITE_MOVES = f"""
     WITH moved AS (
-        INSERT INTO {StockMove._meta.db_table}
-            (kind, batch_id, quantity, sale_line_id, refund_line_id, job_id, request_id, created_at)
-        SELECT * FROM unnest(%s::varchar[], %s::bigint[], %s::int[], %s::bigint[], %s::bigint[], %s::uuid[],
-                             %s::varchar[], %s::timestamptz[])
+        INSERT INTO {StockMove._meta.db_table} ({", ".join(c for c, _ in _MOVE_COLUMNS)})
+        SELECT * FROM unnest({", ".join(f"%s::{t}[]" for _, t in _MOVE_COLUMNS)})
         RETURNING batch_id, quantity
     )
     UPDATE {StockOnHand._meta.db_table} soh SET quantity = soh.quantity + d.delta
@@ -84,9 +86,8 @@ def write_moves(moves: list[StockMove]) -> None:
     statement: each on-hand row changes by exactly the sum of the moves written for it."""
     if not moves:
         return
-    columns = ("kind", "batch_id", "quantity", "sale_line_id", "refund_line_id", "job_id", "request_id", "created_at")
     with connection.cursor() as cursor:
-        cursor.execute(_WRITE_MOVES, [[getattr(m, c) for m in moves] for c in columns])
+        cursor.execute(_WRITE_MOVES, [[getattr(m, c) for m in moves] for c, _ in _MOVE_COLUMNS])
 
 
 def stock_levels(sku: str | None = None, location_code: str | None = None):
