@@ -13,7 +13,6 @@ from typing import Callable
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
-from psycopg.types.json import Jsonb
 
 from api import lock_objects
 from api.core import ids, sql
@@ -113,6 +112,7 @@ def _claim(job_id) -> bool:
     return bool(claimed)
 
 
+_RESULT = Job._meta.get_field("result")  # its own JSON adaptation, as save() would use
 _FINISH = f"""
     UPDATE {Job._meta.db_table}
     SET status = %s, result = %s, error_code = %s, error_message = %s, finished_at = %s, updated_at = %s
@@ -126,8 +126,8 @@ def _finish(job: Job, status: str, *, result=None, code: str = "", message: str 
     job.error_message = message
     job.finished_at = job.updated_at = timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(_FINISH, [status, None if result is None else Jsonb(result), code, message, job.finished_at,
-                                 job.updated_at, job.pk])
+        cursor.execute(_FINISH, [status, _RESULT.get_db_prep_save(result, connection), code, message,
+                                 job.finished_at, job.updated_at, job.pk])
 
 
 def run(job_id, handlers: dict[str, Handler]) -> Job | None:
