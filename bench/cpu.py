@@ -95,9 +95,7 @@ def main(argv=None) -> int:
     try:
         log(f"state dir {stack.state}: starting our own embedded PostgreSQL and Redis")
         stack.start_services()
-        mig = stack.manage("migrate", "--noinput")
-        if mig.returncode:
-            raise RuntimeError(mig.stderr[-2000:])
+        stack.migrate()
         modes = {"off": {"LOG_LEVEL": "WARNING"}, "on": {"LOG_LEVEL": "INFO", "SENTRY_DSN": sink.dsn}}
         result: dict = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}}
         for path in ("accept", "job"):

@@ -196,13 +196,8 @@ class Bench:
             sep = "&" if "?" in urls["DATABASE_URL"] else "?"
             self.worker_env["DATABASE_URL"] = urls["DATABASE_URL"] + sep + "options=" + quote(a.worker_db_options)
         t = time.monotonic()
-        mig = st.manage("migrate", "--noinput")
-        if mig.returncode:
-            raise RuntimeError(f"migrate failed:\n{mig.stdout[-2000:]}\n{mig.stderr[-2000:]}")
-        tok = st.manage("create_api_token", "bench")
-        if tok.returncode:
-            raise RuntimeError(f"create_api_token failed: {tok.stderr[-1000:]}")
-        self.token = tok.stdout.strip().splitlines()[-1]
+        st.migrate()
+        self.token = st.api_token("bench")
         log(f"migrated and token created in {time.monotonic() - t:.1f}s")
 
         # This process talks to the same database (seeding, polling, counters) as "stockflow-bench".

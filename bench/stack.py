@@ -233,6 +233,18 @@ class Stack:
         return subprocess.run([PY, str(ROOT / "manage.py"), *args], cwd=ROOT, env=dict(self.base_env, **env),
                               capture_output=True, text=True, timeout=timeout)
 
+    def migrate(self) -> None:
+        mig = self.manage("migrate", "--noinput")
+        if mig.returncode:
+            raise RuntimeError(f"migrate failed:\n{mig.stdout[-2000:]}\n{mig.stderr[-2000:]}")
+
+    def api_token(self, name: str) -> str:
+        """A new API token with every scope (`manage.py create_api_token`); the raw value."""
+        tok = self.manage("create_api_token", name)
+        if tok.returncode:
+            raise RuntimeError(f"create_api_token failed: {tok.stderr[-1000:]}")
+        return tok.stdout.strip().splitlines()[-1]
+
     # --- app processes ------------------------------------------------------------------------
 
     def start_web(self, name: str = "web", obs_env: dict | None = None, app: str | None = None) -> tuple[Proc, str]:

@@ -673,13 +673,8 @@ def main() -> int:
     try:
         log("starting PostgreSQL + Redis")
         stack.start_services()
-        mig = stack.manage("migrate", "--noinput")
-        if mig.returncode:
-            raise RuntimeError(f"migrate failed:\n{mig.stdout[-2000:]}\n{mig.stderr[-2000:]}")
-        tok = stack.manage("create_api_token", "integration")
-        if tok.returncode:
-            raise RuntimeError(f"create_api_token failed: {tok.stderr[-1000:]}")
-        api_token = tok.stdout.strip().splitlines()[-1]
+        stack.migrate()
+        api_token = stack.api_token("integration")
         stack.base_env["METRICS_TOKEN"] = metrics_token
         token_file.write_text(metrics_token)
 
