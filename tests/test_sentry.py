@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import sentry_sdk
 from django.db import connection
+from sentry_sdk.integrations.django import DjangoIntegration
 
 from api.observability import sentry as app_sentry
 from tests.api_helpers import ok, pay, product, receive, refund, sale
@@ -72,6 +73,19 @@ def web_sentry(sentry_server):
 
 
 @pytest.fixture
+def web_sentry_errors_only(sentry_server):
+    """Sentry in this process as the web starts it in production: errors only (no
+    SENTRY_TRACES_SAMPLE_RATE), so without Django's integration."""
+    assert app_sentry.init(dsn=sentry_server.dsn, environment="test", release="stockflow-tests")
+    assert sentry_sdk.get_client().get_integration(DjangoIntegration) is None
+    yield sentry_server
+    client = sentry_sdk.get_client()
+    client.flush(timeout=5)
+    client.close(timeout=2)
+    sentry_sdk.init(dsn=None)
+
+
+@pytest.fixture
 def sentry_worker(worker_factory, sentry_server):
     def start(**env):
         # Rate 0: tracing on in the worker, following each job's web sampling decision.
@@ -85,19 +99,19 @@ def sentry_worker(worker_factory, sentry_server):
 
 @pytest.fixture
 def failing_paid_hook(transactional_db):
-    """A PostgreSQL trigger that rejects one sale's UPDATE to `paid` with an error whose
+    """A PostgreSQL trigger that rejects one sale's UPDATE to `paid` (or `status`) with an error whose
     text echoes personal data (as database errors often echo row data): an unexpected,
     non-transient exception inside the job's handler. (E-mail, phone and IP only: a
     person's name in free text cannot be told from other words, so the scrubber masks
     names by key, not in text; see the product-name check.)"""
 
-    def install(number: str):
+    def install(number: str, status: str = "paid"):
         with connection.cursor() as cur:
             cur.execute(
                 """
                 CREATE OR REPLACE FUNCTION sentry_test_reject_paid() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
-                  IF NEW.status = 'paid' AND NEW.number = %s THEN
+                  IF NEW.status = %s AND NEW.number = %s THEN
                     RAISE EXCEPTION 'payment hook rejected sale %%: customer <%%>, phone %%, from %%',
                       NEW.number, %s, %s, %s;
                   END IF;
@@ -107,7 +121,7 @@ def failing_paid_hook(transactional_db):
                 CREATE TRIGGER sentry_test_reject_paid BEFORE UPDATE ON sales_sale
                   FOR EACH ROW EXECUTE FUNCTION sentry_test_reject_paid();
                 """,
-                [number, EMAIL, PHONE, DB_IP],
+                [status, number, EMAIL, PHONE, DB_IP],
             )
 
     yield install
@@ -217,14 +231,14 @@ def test_job_failing_for_good_sends_one_tagged_grouped_event_linked_to_the_web_t
     assert (created.get("request") or {}).get("data", {}).get("name") in (None, "[redacted]"), created.get("request")
 
 
-def assert_no_personal_data(server: SentryServer, token: str) -> None:
+def assert_no_personal_data(server: SentryServer, token: str, kinds=("event", "transaction")) -> None:
     raw = server.raw()
     for secret in (EMAIL, PHONE, PERSON, CLIENT_IP, DB_IP, COOKIE_VALUE, token):
         assert secret.encode() not in raw, f"{secret!r} reached Sentry"
     assert b"Bearer " not in raw
 
     bodies = [(i.type, i.payload) for e in server.envelopes for i in e.items]
-    assert {t for t, _ in bodies} >= {"event", "transaction"}
+    assert {t for t, _ in bodies} >= set(kinds)
     for item_type, payload in bodies:
         assert not EMAIL_RE.search(payload), (item_type, EMAIL_RE.findall(payload))
         assert not PHONE_RE.search(payload), (item_type, PHONE_RE.findall(payload))
@@ -242,6 +256,41 @@ def assert_no_personal_data(server: SentryServer, token: str) -> None:
         headers = {k.lower(): v for k, v in (request.get("headers") or {}).items()}
         for name in ("authorization", "cookie", "x-forwarded-for"):
             assert headers.get(name) in (None, "[Filtered]", "[redacted]", ""), (name, headers.get(name))
+
+
+def test_web_errors_only_reports_an_unexpected_error_once_tagged_and_scoped_without_pii(
+    client, token, web_sentry_errors_only, failing_paid_hook
+):
+    """The web's default (no tracing): Django's integration is not installed, yet an
+    unexpected error still becomes exactly one event with the request id, method and
+    path, and the scope of that request does not leak into the next one."""
+    server = web_sentry_errors_only
+    failing_paid_hook("S-SENTRY-WEB", status="cancelled")
+    s = failing_sale(client, "SNT-WEB", "S-SENTRY-WEB")
+    rid = "sentry-web-error-0001"
+
+    response = client.post(f"/api/sales/{s['id']}/transition", json={"to_status": "cancelled"},
+                           headers=pii_headers(rid))
+    assert response.status_code == 500, response.text
+    assert response.json()["error"]["request_id"] == rid
+    assert EMAIL not in response.text and "Traceback" not in response.text
+
+    server.wait_for(error_events, timeout=10)
+    # A later request on the same server must not inherit the failed request's tags.
+    later = client.post(f"/api/sales/{s['id']}/transition", json={"to_status": "cancelled"},
+                        headers={"X-Request-ID": "sentry-web-error-0002"})
+    assert later.status_code == 500
+    events = server.wait_for(lambda srv: error_events(srv) if len(error_events(srv)) >= 2 else [], timeout=10)
+    time.sleep(QUIET_SECONDS)
+    events = error_events(server)
+    assert [e["tags"]["request_id"] for e in events] == [rid, "sentry-web-error-0002"], [e.get("tags") for e in events]
+    event = events[0]
+    assert event["level"] == "error"
+    assert event["request"] == {"method": "POST", "url": f"/api/sales/{s['id']}/transition"}, event.get("request")
+    assert event["exception"]["values"][-1]["type"] == "ProgrammingError", event["exception"]["values"]
+    assert not server.transactions(), "errors only: no transactions"
+    sentry_sdk.get_client().flush(timeout=5)
+    assert_no_personal_data(server, token, kinds=("event",))
 
 
 # --- 2 + 3: business failures, successes and retries send nothing ----------------------------

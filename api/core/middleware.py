@@ -16,7 +16,7 @@ class RequestIdMiddleware:
         request_id = request_context.sanitize(request.META.get("HTTP_X_REQUEST_ID"))
         request.META["HTTP_X_REQUEST_ID"] = request_id
         request.request_id = request_id
-        sentry.tag(request_id=request_id)
-        response = self.get_response(request)
+        with sentry.request_scope(request_id, request.method, request.path):
+            response = self.get_response(request)
         response["X-Request-ID"] = request_id
         return response
