@@ -288,6 +288,9 @@ def test_web_errors_only_reports_an_unexpected_error_once_tagged_and_scoped_with
     assert event["level"] == "error"
     assert event["request"] == {"method": "POST", "url": f"/api/sales/{s['id']}/transition"}, event.get("request")
     assert event["exception"]["values"][-1]["type"] == "ProgrammingError", event["exception"]["values"]
+    # The handler's ERROR log line rode along as a breadcrumb (scrubbed like the rest).
+    crumbs = (event.get("breadcrumbs") or {}).get("values", [])
+    assert any(c.get("category") == "api.http.api" and c.get("level") == "error" for c in crumbs), crumbs
     assert not server.transactions(), "errors only: no transactions"
     sentry_sdk.get_client().flush(timeout=5)
     assert_no_personal_data(server, token, kinds=("event",))

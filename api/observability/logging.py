@@ -46,8 +46,12 @@ def logging_dict(level: str | None = None) -> dict:
                 ],
             }
         },
-        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
-        "root": {"handlers": ["console"], "level": level},
+        "handlers": {
+            "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"},
+            # Warnings and errors as Sentry breadcrumbs (a no-op while Sentry is not started).
+            "sentry_breadcrumbs": {"class": "sentry_sdk.integrations.logging.BreadcrumbHandler", "level": "WARNING"},
+        },
+        "root": {"handlers": ["console", "sentry_breadcrumbs"], "level": level},
         "loggers": {
             "django.server": {"level": "WARNING"},
             "gunicorn.access": {"level": "WARNING"},

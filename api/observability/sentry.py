@@ -5,7 +5,6 @@ exception escapes (retries exhausted, or an unexpected error) and ignores retrie
 business failures finish the job without raising, so they never reach Sentry.
 """
 import contextlib
-import logging
 import os
 
 import sentry_sdk
@@ -13,6 +12,7 @@ from django.core.signals import got_request_exception
 from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.django import DjangoIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
+from sentry_sdk.integrations.threading import ThreadingIntegration
 
 from . import pii
 
@@ -71,11 +71,16 @@ def init(dsn: str | None = None, *, django: bool = True, **overrides) -> bool:
             # Trace headers on every task: a worker's error event joins the trace of the
             # request that queued the job, with or without tracing.
             CeleryIntegration(propagate_traces=True, monitor_beat_tasks=False),
-            # Warnings become breadcrumbs, never events: errors are reported from exceptions,
-            # so a failure is one event, not one per log line about it. INFO lines stay out
-            # (several per request, all findable in the logs by the event's request_id tag).
-            LoggingIntegration(level=logging.WARNING, event_level=None),
+            # Every request and task opens its own scope (request_scope, the Celery
+            # integration): copying the submitting thread's scopes into gunicorn's thread
+            # pool on every request would be wasted.
+            ThreadingIntegration(propagate_scope=False),
         ],
+        # Warnings become breadcrumbs, never events: errors are reported from exceptions, so
+        # a failure is one event, not one per log line about it. That is the root logger's
+        # WARNING-level BreadcrumbHandler (observability/logging.py); the integration would
+        # look at every INFO line too (several per request and per job).
+        disabled_integrations=[LoggingIntegration()],
         before_send=_scrub_event,
         before_send_transaction=_scrub_event,
     )
