@@ -102,8 +102,9 @@ def _kv(pairs: list[str]) -> dict[str, str]:
 # --- observability modes ------------------------------------------------------------------------
 
 OBS_DEFINITION = {
-    "on": "LOG_LEVEL=INFO (JSON lines to the process log files), SENTRY_DSN set (sentry-sdk with Django/Celery/"
-          "logging integrations, tracing off, events to a local sink), CELERY_WORKER_SEND_TASK_EVENTS=true, "
+    "on": "LOG_LEVEL=INFO (JSON lines to the process log files), SENTRY_DSN set (sentry-sdk errors only, as "
+          "production starts it: Celery integration, a scope per request, breadcrumbs from warnings; events to a "
+          "local sink), CELERY_WORKER_SEND_TASK_EVENTS=true, "
           "Prometheus metrics (multiprocess files)",
     "on_with_--obs-tracing": "also OTEL_EXPORTER_OTLP_ENDPOINT set (OpenTelemetry Django/Celery/psycopg spans, "
                              "OTLP/HTTP to the local sink)",
