@@ -1,4 +1,5 @@
 """gunicorn settings for bin/web (production server, also used by `make run`)."""
+
 import os
 
 from api.observability.logging import logging_dict
@@ -10,7 +11,11 @@ timeout = 30
 accesslog = None  # django-structlog writes one JSON line per request instead
 # gunicorn's own lines (boot, worker exits) in the same JSON shape as everything else.
 logconfig_dict = logging_dict()
-logconfig_dict["loggers"]["gunicorn.error"] = {"handlers": ["console"], "level": "INFO", "propagate": False}
+logconfig_dict["loggers"]["gunicorn.error"] = {
+    "handlers": ["console"],
+    "level": "INFO",
+    "propagate": False,
+}
 
 
 def child_exit(server, worker):

@@ -10,6 +10,7 @@ These are the hot path of every job and every accepted request, so they are writ
 as SQL (`api.core.sql.fetch` still returns model instances): building the same
 queries through the ORM cost more CPU than running them.
 """
+
 from django.db import connection
 
 from api.core import ids, sql
@@ -29,7 +30,9 @@ def job(job_id) -> Job | None:
     job_uuid = ids.as_uuid(job_id)
     if job_uuid is None:
         return None
-    found = sql.fetch(Job, f"SELECT {sql.columns(Job, 'j')} FROM {_JOB} j WHERE j.id = %s FOR UPDATE", [job_uuid])
+    found = sql.fetch(
+        Job, f"SELECT {sql.columns(Job, 'j')} FROM {_JOB} j WHERE j.id = %s FOR UPDATE", [job_uuid]
+    )
     return found[0] if found else None
 
 
@@ -39,7 +42,7 @@ def sale(sale_id) -> Sale | None:
         return None
     found = sql.fetch(
         Sale,
-        f"""SELECT {sql.columns(Sale, 's')}, l.code AS location_code, l.timezone AS location_timezone
+        f"""SELECT {sql.columns(Sale, "s")}, l.code AS location_code, l.timezone AS location_timezone
             FROM {_SALE} s JOIN {_LOCATION} l ON l.id = s.location_id
             WHERE s.id = %s FOR UPDATE OF s""",
         [sale_id],
@@ -62,8 +65,13 @@ def _stock(where: str, params: list) -> list[StockOnHand]:
         rows = []
         for pk, quantity, batch_id, product_id, location_id, lot, expires_on in cursor.fetchall():
             row = StockOnHand(id=pk, batch_id=batch_id, quantity=quantity)
-            row.batch = Batch(id=batch_id, product_id=product_id, location_id=location_id, lot=lot,
-                              expires_on=expires_on)
+            row.batch = Batch(
+                id=batch_id,
+                product_id=product_id,
+                location_id=location_id,
+                lot=lot,
+                expires_on=expires_on,
+            )
             rows.append(row)
         return rows
 
@@ -71,7 +79,9 @@ def _stock(where: str, params: list) -> list[StockOnHand]:
 def stock_of_products(product_ids, location_id) -> list[StockOnHand]:
     """All on-hand rows of these products at this location (expired ones too, to tell
     `expired_batch` from `insufficient_stock`), locked in the global order."""
-    return _stock("b.product_id = ANY(%s) AND b.location_id = %s", [sorted(set(product_ids)), location_id])
+    return _stock(
+        "b.product_id = ANY(%s) AND b.location_id = %s", [sorted(set(product_ids)), location_id]
+    )
 
 
 def stock_of_batches(batch_ids) -> list[StockOnHand]:

@@ -4,6 +4,7 @@ When DATABASE_URL / REDIS_URL are unset, `api.embedded` starts (or reuses) an
 embedded PostgreSQL and Redis under `.state/`, so manage.py, celery, gunicorn and
 pytest all find the same servers.
 """
+
 import ipaddress
 import os
 from pathlib import Path
@@ -35,7 +36,9 @@ if not SECRET_KEY:
     if PRODUCTION:
         raise RuntimeError("DJANGO_SECRET_KEY must be set when STOCKFLOW_ENV=production")
     SECRET_KEY = "django-insecure-dev-only-stockflow-key"  # dev and tests only
-ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "*" if not PRODUCTION else "").split(",") if h]
+ALLOWED_HOSTS = [
+    h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "*" if not PRODUCTION else "").split(",") if h
+]
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
@@ -123,7 +126,11 @@ CSRF_COOKIE_HTTPONLY = True
 if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")  # TLS ends at the proxy
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]  # probes and scrapes speak plain HTTP inside
+    SECURE_REDIRECT_EXEMPT = [
+        r"^healthz$",
+        r"^readyz$",
+        r"^metrics$",
+    ]  # probes and scrapes speak plain HTTP inside
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
@@ -149,7 +156,9 @@ LEADS_PER_MINUTE = env_int("LEADS_PER_MINUTE", 2)
 LEADS_PER_HOUR = env_int("LEADS_PER_HOUR", 10)
 # Only these proxies' X-Forwarded-For is believed (comma-separated addresses or CIDRs).
 TRUSTED_PROXIES = [
-    ipaddress.ip_network(n.strip()) for n in os.environ.get("TRUSTED_PROXIES", "").split(",") if n.strip()
+    ipaddress.ip_network(n.strip())
+    for n in os.environ.get("TRUSTED_PROXIES", "").split(",")
+    if n.strip()
 ]
 
 # --- jobs -------------------------------------------------------------------

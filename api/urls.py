@@ -1,11 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from api.core.errors import ErrorCode
 from api.http import health
-from api.observability import exposition
 from api.http.api import api
 from api.http.errors import error_response
-from api.core.errors import ErrorCode
+from api.observability import exposition
 
 urlpatterns = [
     path("healthz", health.healthz),
@@ -22,4 +22,6 @@ def handler404(request, exception=None):
 
 
 def handler500(request):
-    return error_response(request, ErrorCode.ERROR, "internal error; quote the request id when reporting it")
+    return error_response(
+        request, ErrorCode.ERROR, "internal error; quote the request id when reporting it"
+    )

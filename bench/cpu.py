@@ -15,6 +15,7 @@ at import: mode "off" = LOG_LEVEL=WARNING, no Sentry; "on" = LOG_LEVEL=INFO and 
 Prints one JSON document: CPU ms per operation (time.process_time of the child), and
 the on/off ratio as the baseline comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,12 @@ def child(path: str, n: int) -> dict:
     client = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
 
     def accept(sale_id) -> str:
-        r = client.post(f"/api/sales/{sale_id}/transition", {"to_status": "paid"},
-                        content_type="application/json", HTTP_IDEMPOTENCY_KEY=uuid.uuid4().hex)
+        r = client.post(
+            f"/api/sales/{sale_id}/transition",
+            {"to_status": "paid"},
+            content_type="application/json",
+            HTTP_IDEMPOTENCY_KEY=uuid.uuid4().hex,
+        )
         assert r.status_code == 202, (r.status_code, r.content)
         return r.json()["job"]["id"]
 
@@ -76,7 +81,9 @@ def child(path: str, n: int) -> dict:
         t = time.process_time()
         finished = [jobs.run(j, HANDLERS) for j in job_ids[warm:]]
         cpu = time.process_time() - t
-        assert all(j is not None and j.status == "succeeded" for j in finished), "a timed job did not succeed"
+        assert all(j is not None and j.status == "succeeded" for j in finished), (
+            "a timed job did not succeed"
+        )
     return {"n": n, "cpu_ms": round(1000 * cpu / n, 2)}
 
 
@@ -96,19 +103,32 @@ def main(argv=None) -> int:
         log(f"state dir {stack.state}: starting our own embedded PostgreSQL and Redis")
         stack.start_services()
         stack.migrate()
-        modes = {"off": {"LOG_LEVEL": "WARNING"}, "on": {"LOG_LEVEL": "INFO", "SENTRY_DSN": sink.dsn}}
+        modes = {
+            "off": {"LOG_LEVEL": "WARNING"},
+            "on": {"LOG_LEVEL": "INFO", "SENTRY_DSN": sink.dsn},
+        }
         result: dict = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}}
         for path in ("accept", "job"):
             for mode, env in modes.items():
-                proc = subprocess.run([PY, "-m", "bench.cpu", "--child", path, "-n", str(args.n)], cwd=ROOT,
-                                      env=dict(stack.base_env, **env), capture_output=True, text=True, timeout=900)
+                proc = subprocess.run(
+                    [PY, "-m", "bench.cpu", "--child", path, "-n", str(args.n)],
+                    cwd=ROOT,
+                    env=dict(stack.base_env, **env),
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
                 if proc.returncode:
                     raise RuntimeError(f"{path}/{mode} failed:\n{proc.stderr[-3000:]}")
                 result.setdefault(path, {})[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
                 log(f"{path} ({mode}): {result[path][mode]['cpu_ms']} ms CPU each")
-            result[path]["on_over_off"] = round(result[path]["on"]["cpu_ms"] / result[path]["off"]["cpu_ms"], 3)
-        result["definition"] = {"off": "LOG_LEVEL=WARNING, no SENTRY_DSN",
-                                "on": "LOG_LEVEL=INFO (JSON lines to a pipe), SENTRY_DSN to a local sink"}
+            result[path]["on_over_off"] = round(
+                result[path]["on"]["cpu_ms"] / result[path]["off"]["cpu_ms"], 3
+            )
+        result["definition"] = {
+            "off": "LOG_LEVEL=WARNING, no SENTRY_DSN",
+            "on": "LOG_LEVEL=INFO (JSON lines to a pipe), SENTRY_DSN to a local sink",
+        }
         print(json.dumps(result, indent=2))
         return 0
     finally:

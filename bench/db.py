@@ -5,6 +5,7 @@ Seeding goes through the ORM (stock through the real receive_stock service, so t
 is consistent; draft sales by bulk insert), because creating thousands of sales through
 the API would only slow the run down and is not what is measured.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -28,26 +29,50 @@ BATCHES = 5
 
 def seed_stock(location: str, skus: list[str], per_batch: int) -> None:
     Location.objects.get_or_create(code=location)
-    Product.objects.bulk_create([Product(sku=s, name=f"bench {s}") for s in skus], ignore_conflicts=True)
+    Product.objects.bulk_create(
+        [Product(sku=s, name=f"bench {s}") for s in skus], ignore_conflicts=True
+    )
     for sku in skus:
         for b in range(1, BATCHES + 1):
-            inventory.receive_stock(sku, location, f"LOT-{b}", datetime.date(2090 + b, 1, 1), per_batch,
-                                    request_id="bench-seed")
+            inventory.receive_stock(
+                sku,
+                location,
+                f"LOT-{b}",
+                datetime.date(2090 + b, 1, 1),
+                per_batch,
+                request_id="bench-seed",
+            )
 
 
 def spread_lines(n: int, skus: list[str], lines: int, rng: random.Random) -> list[list[str]]:
     return [rng.sample(skus, lines) for _ in range(n)]
 
 
-def create_sales(prefix: str, location: str, lines_per_sale: list[list[str]], quantity: int = 1) -> list[int]:
+def create_sales(
+    prefix: str, location: str, lines_per_sale: list[list[str]], quantity: int = 1
+) -> list[int]:
     """Draft sales (bulk insert); returns their ids in order."""
     loc = Location.objects.get(code=location)
-    products = dict(Product.objects.filter(sku__in={s for ls in lines_per_sale for s in ls}).values_list("sku", "id"))
-    sales = Sale.objects.bulk_create([Sale(number=f"{prefix}-{i}", location=loc) for i in range(len(lines_per_sale))],
-                                     batch_size=2000)
+    products = dict(
+        Product.objects.filter(sku__in={s for ls in lines_per_sale for s in ls}).values_list(
+            "sku", "id"
+        )
+    )
+    sales = Sale.objects.bulk_create(
+        [Sale(number=f"{prefix}-{i}", location=loc) for i in range(len(lines_per_sale))],
+        batch_size=2000,
+    )
     SaleLine.objects.bulk_create(
-        [SaleLine(sale_id=s.pk, product_id=products[sku], quantity=quantity, unit_price=Decimal("9.99"))
-         for s, skus in zip(sales, lines_per_sale) for sku in skus],
+        [
+            SaleLine(
+                sale_id=s.pk,
+                product_id=products[sku],
+                quantity=quantity,
+                unit_price=Decimal("9.99"),
+            )
+            for s, skus in zip(sales, lines_per_sale)
+            for sku in skus
+        ],
         batch_size=5000,
     )
     return [s.pk for s in sales]
@@ -55,7 +80,9 @@ def create_sales(prefix: str, location: str, lines_per_sale: list[list[str]], qu
 
 def paid_jobs(sale_ids: list[int]):
     # Ids of one bulk insert are consecutive; a range keeps the poll query cheap.
-    return Job.objects.filter(kind=Job.Kind.SALE_PAID, sale_id__gte=min(sale_ids), sale_id__lte=max(sale_ids))
+    return Job.objects.filter(
+        kind=Job.Kind.SALE_PAID, sale_id__gte=min(sale_ids), sale_id__lte=max(sale_ids)
+    )
 
 
 def wait_jobs(sale_ids: list[int], expected: int, timeout: float) -> bool:
@@ -79,7 +106,9 @@ def job_stats(sale_ids: list[int]) -> dict:
         for r in done.values("status", "error_code").annotate(n=Count("id"))
     }
     out = {
-        "jobs": qs.count(), "finished": agg["n"], "outcomes": outcomes,
+        "jobs": qs.count(),
+        "finished": agg["n"],
+        "outcomes": outcomes,
         "retried_jobs": qs.filter(attempts__gt=1).count(),
         "max_attempts": qs.aggregate(m=Max("attempts"))["m"] or 0,
         "deadlock_errors": qs.filter(error_message__icontains="deadlock").count(),
@@ -134,8 +163,23 @@ def classify(sql: str) -> str:
     word = sql.split(None, 1)[0].upper() if sql.strip() else "?"
     if word == "SELECT" and " FOR UPDATE" in sql.upper():
         return "SELECT FOR UPDATE"
-    return word if word in {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "SELECT", "INSERT", "UPDATE",
-                            "DELETE", "SET"} else "other"
+    return (
+        word
+        if word
+        in {
+            "BEGIN",
+            "COMMIT",
+            "ROLLBACK",
+            "SAVEPOINT",
+            "RELEASE",
+            "SELECT",
+            "INSERT",
+            "UPDATE",
+            "DELETE",
+            "SET",
+        }
+        else "other"
+    )
 
 
 def count_statements(log: Path, offset: int) -> dict[str, dict[str, int]]:

@@ -4,6 +4,7 @@ The bench starts the worker with `bin/worker -I bench.noop` (celery's --include)
 task runs in the same prefork pool, with the same broker, acks_late / prefetch settings
 and the same worker signal handlers (metrics, structlog context) as `stockflow.run_job`.
 """
+
 from workers.celery_app import app
 
 NOOP_TASK = "bench.noop"

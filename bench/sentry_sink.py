@@ -1,6 +1,7 @@
 """A local stand-in for Sentry's ingest endpoint (and an OTLP/HTTP collector), so
 "observability on" runs the real SDKs (DSN set, integrations installed, events and spans
 sent) without leaving the machine. Answers 200 to every POST and counts them."""
+
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -11,7 +12,7 @@ class SentrySink:
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
+            def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 sink.requests += 1
                 self.send_response(200)

@@ -5,6 +5,7 @@ Only processes started here are ever signalled: app processes through their Pope
 handles and the process groups they lead; the servers through `python -m api.embedded
 stop` for our state dir.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,11 +28,29 @@ PY = sys.executable
 
 # The caller's variables that would point the stack at other servers or metrics dirs.
 _SCRUB = (
-    "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "STOCKFLOW_USE_TEST_DATABASE", "STOCKFLOW_TEST_REDIS_DB",
-    "PROMETHEUS_MULTIPROC_DIR", "WORKER_NAME", "WORKER_METRICS_PORT", "PORT", "SENTRY_DSN", "LOG_LEVEL",
-    "DJANGO_SETTINGS_MODULE", "PYTEST_CURRENT_TEST", "PGAPPNAME", "WEB_CONCURRENCY", "WEB_THREADS",
-    "WORKER_CONCURRENCY", "CELERY_WORKER_SEND_TASK_EVENTS", "DB_CONN_MAX_AGE", "STOCKFLOW_STATE_DIR",
-    "SENTRY_ENVIRONMENT", "SENTRY_TRACES_SAMPLE_RATE", "METRICS_TOKEN",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "STOCKFLOW_USE_TEST_DATABASE",
+    "STOCKFLOW_TEST_REDIS_DB",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "WORKER_NAME",
+    "WORKER_METRICS_PORT",
+    "PORT",
+    "SENTRY_DSN",
+    "LOG_LEVEL",
+    "DJANGO_SETTINGS_MODULE",
+    "PYTEST_CURRENT_TEST",
+    "PGAPPNAME",
+    "WEB_CONCURRENCY",
+    "WEB_THREADS",
+    "WORKER_CONCURRENCY",
+    "CELERY_WORKER_SEND_TASK_EVENTS",
+    "DB_CONN_MAX_AGE",
+    "STOCKFLOW_STATE_DIR",
+    "SENTRY_ENVIRONMENT",
+    "SENTRY_TRACES_SAMPLE_RATE",
+    "METRICS_TOKEN",
 )
 _SCRUB_PREFIXES = ("OTEL_",)  # tracing is on only when the bench says so
 
@@ -72,10 +91,17 @@ class Proc:
         self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
         self.popen: subprocess.Popen | None = None
 
-    def start(self) -> "Proc":
+    def start(self) -> Proc:
         with self.log_path.open("ab") as out:
-            self.popen = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self.popen = subprocess.Popen(
+                self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     @property
@@ -165,16 +191,31 @@ class MemorySampler(threading.Thread):
 
 
 class Stack:
-    def __init__(self, *, web_concurrency: int = 2, web_threads: int = 4, worker_concurrency: int = 2,
-                 keep_state: bool = False, worker_nice: int = 0):
+    def __init__(
+        self,
+        *,
+        web_concurrency: int = 2,
+        web_threads: int = 4,
+        worker_concurrency: int = 2,
+        keep_state: bool = False,
+        worker_nice: int = 0,
+    ):
         self.worker_nice = worker_nice
         # Short path: the PostgreSQL socket lives under <state>/pg (AF_UNIX paths are short).
         self.state = Path(tempfile.mkdtemp(prefix="sfbench.", dir="/tmp"))
         self.logs = self.state / "logs"
         self.logs.mkdir()
         self.keep_state = keep_state
-        self.web_concurrency, self.web_threads, self.worker_concurrency = web_concurrency, web_threads, worker_concurrency
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUB and not k.startswith(_SCRUB_PREFIXES)}
+        self.web_concurrency, self.web_threads, self.worker_concurrency = (
+            web_concurrency,
+            web_threads,
+            worker_concurrency,
+        )
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in _SCRUB and not k.startswith(_SCRUB_PREFIXES)
+        }
         env.update(
             DJANGO_SETTINGS_MODULE="api.settings",
             STOCKFLOW_STATE_DIR=str(self.state),
@@ -191,8 +232,14 @@ class Stack:
     # --- servers ----------------------------------------------------------------------------
 
     def start_services(self) -> dict[str, str]:
-        proc = subprocess.run([PY, "-m", "api.embedded", "start"], cwd=ROOT, env=self.base_env,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [PY, "-m", "api.embedded", "start"],
+            cwd=ROOT,
+            env=self.base_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"api.embedded start failed: {proc.stderr[-800:]}")
         for line in proc.stdout.splitlines():
@@ -201,8 +248,9 @@ class Stack:
                 self.urls[key] = value
         port = (self.state / "redis" / "port").read_text().strip()
         # Ours, not the machine's: socket dir inside our state dir, our Redis's port.
-        if str(self.state) not in unquote(self.urls.get("DATABASE_URL", "")) or \
-                not self.urls.get("REDIS_URL", "").endswith(f":{port}/0"):
+        if str(self.state) not in unquote(self.urls.get("DATABASE_URL", "")) or not self.urls.get(
+            "REDIS_URL", ""
+        ).endswith(f":{port}/0"):
             raise RuntimeError(f"not the servers of {self.state}: {self.urls}")
         self.base_env.update(self.urls)
         return self.urls
@@ -219,9 +267,13 @@ class Stack:
 
     def cpu_snapshot(self) -> dict[str, float]:
         """CPU seconds so far of each process tree we run, PostgreSQL and Redis included."""
-        out = {name: tree_cpu_seconds(proc.pid) for name, proc in self.procs.items() if proc.alive()}
-        for name, path, binary in (("postgres", self.state / "pg" / "postmaster.pid", "postgres"),
-                                   ("redis", self.state / "redis" / "redis.pid", "redis-server")):
+        out = {
+            name: tree_cpu_seconds(proc.pid) for name, proc in self.procs.items() if proc.alive()
+        }
+        for name, path, binary in (
+            ("postgres", self.state / "pg" / "postmaster.pid", "postgres"),
+            ("redis", self.state / "redis" / "redis.pid", "redis-server"),
+        ):
             pid = self._pidfile(path, binary)
             if pid:
                 out[name] = tree_cpu_seconds(pid)
@@ -230,8 +282,14 @@ class Stack:
         return out
 
     def manage(self, *args: str, timeout: float = 600, **env) -> subprocess.CompletedProcess:
-        return subprocess.run([PY, str(ROOT / "manage.py"), *args], cwd=ROOT, env=dict(self.base_env, **env),
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [PY, str(ROOT / "manage.py"), *args],
+            cwd=ROOT,
+            env=dict(self.base_env, **env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def migrate(self) -> None:
         mig = self.manage("migrate", "--noinput")
@@ -247,13 +305,21 @@ class Stack:
 
     # --- app processes ------------------------------------------------------------------------
 
-    def start_web(self, name: str = "web", obs_env: dict | None = None, app: str | None = None) -> tuple[Proc, str]:
+    def start_web(
+        self, name: str = "web", obs_env: dict | None = None, app: str | None = None
+    ) -> tuple[Proc, str]:
         """bin/web (or, with `app`, the same gunicorn config serving another WSGI app)."""
         port = free_port()
         prom = self.state / "prom" / name
-        env = dict(self.base_env, PORT=str(port), BIND_HOST="127.0.0.1", WEB_CONCURRENCY=str(self.web_concurrency),
-                   WEB_THREADS=str(self.web_threads), PROMETHEUS_MULTIPROC_DIR=str(prom),
-                   PGAPPNAME=f"stockflow-{name}")
+        env = dict(
+            self.base_env,
+            PORT=str(port),
+            BIND_HOST="127.0.0.1",
+            WEB_CONCURRENCY=str(self.web_concurrency),
+            WEB_THREADS=str(self.web_threads),
+            PROMETHEUS_MULTIPROC_DIR=str(prom),
+            PGAPPNAME=f"stockflow-{name}",
+        )
         env.update(obs_env or {})  # may override any of the above (lever experiments)
         if app:  # bin/web's two lines, for another app module
             shutil.rmtree(prom, ignore_errors=True)
@@ -270,15 +336,22 @@ class Stack:
 
     def start_worker(self, name: str = "worker", obs_env: dict | None = None) -> tuple[Proc, int]:
         metrics_port = free_port()
-        env = dict(self.base_env, WORKER_NAME=name, WORKER_CONCURRENCY=str(self.worker_concurrency),
-                   WORKER_METRICS_PORT=str(metrics_port), PROMETHEUS_MULTIPROC_DIR=str(self.state / "prom" / name),
-                   PGAPPNAME=f"stockflow-{name}")
+        env = dict(
+            self.base_env,
+            WORKER_NAME=name,
+            WORKER_CONCURRENCY=str(self.worker_concurrency),
+            WORKER_METRICS_PORT=str(metrics_port),
+            PROMETHEUS_MULTIPROC_DIR=str(self.state / "prom" / name),
+            PGAPPNAME=f"stockflow-{name}",
+        )
         env.update(obs_env or {})
         argv = [str(ROOT / "bin" / "worker"), "-I", "bench.noop"]
         if self.worker_nice:
             argv = ["nice", "-n", str(self.worker_nice), *argv]
         proc = Proc(name, argv, env, self.logs / f"{name}.log").start()
-        self._wait_http(proc, f"http://127.0.0.1:{metrics_port}/metrics")  # served once the worker is ready
+        self._wait_http(
+            proc, f"http://127.0.0.1:{metrics_port}/metrics"
+        )  # served once the worker is ready
         self.procs[name] = proc
         self.memory.track(name, proc)
         return proc, metrics_port
@@ -315,8 +388,14 @@ class Stack:
                 info.setdefault("stop_errors", []).append(f"{name}: {exc}")
         if self.urls:
             env = {k: v for k, v in self.base_env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-            proc = subprocess.run([PY, "-m", "api.embedded", "stop"], cwd=ROOT, env=env, capture_output=True,
-                                  text=True, timeout=120)
+            proc = subprocess.run(
+                [PY, "-m", "api.embedded", "stop"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if proc.returncode != 0:
                 info["embedded_stop_error"] = proc.stderr[-300:]
         if keep_logs:

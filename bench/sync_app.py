@@ -13,6 +13,7 @@ per-request URLconf (`request.urlconf`, a documented Django hook) set by a WSGIH
 subclass, so no app code or setting changes. In this process the broker publish is
 switched off (`dispatch.enqueue` -> no-op): the work is done here, no worker is involved.
 """
+
 import os
 
 import django
@@ -45,8 +46,14 @@ from api.sales import services as sales  # noqa: E402
 
 dispatch.enqueue = lambda job: True  # the job runs in the request; nothing to publish
 
-sync_api = NinjaAPI(title="stockflow-bench-sync", auth=BearerToken(), urls_namespace="bench_sync",
-                    docs_url=None, openapi_url=None, parser=StrictParser())
+sync_api = NinjaAPI(
+    title="stockflow-bench-sync",
+    auth=BearerToken(),
+    urls_namespace="bench_sync",
+    docs_url=None,
+    openapi_url=None,
+    parser=StrictParser(),
+)
 for exc_class, handler in stockflow_api._exception_handlers.items():  # the same error contract
     sync_api.add_exception_handler(exc_class, handler)
 

@@ -1,4 +1,5 @@
 """The chaos run: stack up, load and faults at once, drain, verdict, teardown."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,19 @@ class Chaos(threading.Thread):
 
     def __init__(self, stack: Stack, rec: Recorder, progress, args, fatal: threading.Event):
         super().__init__(name="chaos", daemon=True)
-        self.stack, self.rec, self.progress, self.args, self.fatal = stack, rec, progress, args, fatal
+        self.stack, self.rec, self.progress, self.args, self.fatal = (
+            stack,
+            rec,
+            progress,
+            args,
+            fatal,
+        )
         self.load_done = threading.Event()
         self.rng = random.Random(args.seed + 1)
-        kinds = sorted([((j + 0.5) / args.redis_restarts, "redis") for j in range(args.redis_restarts)]
-                       + [((j + 0.5) / args.pg_restarts, "postgres") for j in range(args.pg_restarts)])
+        kinds = sorted(
+            [((j + 0.5) / args.redis_restarts, "redis") for j in range(args.redis_restarts)]
+            + [((j + 0.5) / args.pg_restarts, "postgres") for j in range(args.pg_restarts)]
+        )
         n = len(kinds)
         self.events = [((i + 1) / (n + 1), kind) for i, (_, kind) in enumerate(kinds)]
         self.pg_signals = [signal.SIGKILL, signal.SIGINT, signal.SIGQUIT]
@@ -89,19 +98,30 @@ class Chaos(threading.Thread):
                 if time.monotonic() - since > 20:
                     p.kill9_group()
             if p.popen is not None and not p.alive() and p.pid not in self.expected_dead:
-                exit_info = {"process": p.name, "pid": p.pid, "returncode": p.returncode(),
-                             "t": round(time.monotonic() - self.args.t0, 1), "cause": exit_cause(p.tail(400))}
+                exit_info = {
+                    "process": p.name,
+                    "pid": p.pid,
+                    "returncode": p.returncode(),
+                    "t": round(time.monotonic() - self.args.t0, 1),
+                    "cause": exit_cause(p.tail(400)),
+                }
                 self.unexpected_exits.append(exit_info)
                 self.rec.finding("process_exited_unexpectedly", **exit_info)
-                log(f"{p.name} (pid {p.pid}) exited by itself with {p.returncode()} ({exit_info['cause']}): "
-                    "restarting it")
+                log(
+                    f"{p.name} (pid {p.pid}) exited by itself with {p.returncode()} ({exit_info['cause']}): "
+                    "restarting it"
+                )
                 p.start()
                 if p in self.stack.workers:
                     self.worker_restarts += 1
 
     def kill_worker(self) -> None:
         n = sum(self.kills.values())
-        kind = self.KILL_KINDS[n] if n < len(self.KILL_KINDS) else self.rng.choice(("child", "child", "main", "group"))
+        kind = (
+            self.KILL_KINDS[n]
+            if n < len(self.KILL_KINDS)
+            else self.rng.choice(("child", "child", "main", "group"))
+        )
         self.watch()
         # A worker that logged a fatal error is dying by itself: leave it to watch().
         alive = [w for w in self.stack.workers if w.alive() and not w.crashed()]
@@ -111,7 +131,9 @@ class Chaos(threading.Thread):
         if kind == "child":
             # Not within a worker's first seconds: Celery exits by design ("Could not start
             # worker processes") when a pool child dies before the pool is up.
-            settled = [v for v in alive if time.monotonic() - v.started_at > self.args.child_kill_grace]
+            settled = [
+                v for v in alive if time.monotonic() - v.started_at > self.args.child_kill_grace
+            ]
             pairs = [(v, c) for v in settled for c in v.children()]
             if not pairs:
                 kind = "main"
@@ -122,8 +144,14 @@ class Chaos(threading.Thread):
                 except ProcessLookupError:
                     return
                 self.kills["child"] += 1
-                self.kill_log.append({"t": round(time.monotonic() - self.args.t0, 1), "kind": "child",
-                                      "worker": w.name, "pid": pid})
+                self.kill_log.append(
+                    {
+                        "t": round(time.monotonic() - self.args.t0, 1),
+                        "kind": "child",
+                        "worker": w.name,
+                        "pid": pid,
+                    }
+                )
                 log(f"kill -9 pool child {pid} of {w.name}")
                 return
         pid = w.pid
@@ -133,11 +161,19 @@ class Chaos(threading.Thread):
         else:
             w.kill9_group()
         self.kills[kind] += 1
-        self.kill_log.append({"t": round(time.monotonic() - self.args.t0, 1), "kind": kind, "worker": w.name,
-                              "pid": pid})
+        self.kill_log.append(
+            {
+                "t": round(time.monotonic() - self.args.t0, 1),
+                "kind": kind,
+                "worker": w.name,
+                "pid": pid,
+            }
+        )
         down = self.rng.uniform(0.5, 2.0)
-        log(f"kill -9 {'main process' if kind == 'main' else 'process group'} {pid} of {w.name}; "
-            f"restart in {down:.1f}s")
+        log(
+            f"kill -9 {'main process' if kind == 'main' else 'process group'} {pid} of {w.name}; "
+            f"restart in {down:.1f}s"
+        )
         time.sleep(down)
         w.start()
         self.worker_restarts += 1
@@ -168,10 +204,14 @@ class Chaos(threading.Thread):
 
     def summary(self) -> dict:
         return {
-            "worker_kills": dict(self.kills), "worker_kills_total": sum(self.kills.values()),
-            "worker_restarts": self.worker_restarts, "redis_restarts": self.redis_restarts,
-            "postgres_restarts": self.pg_restarts, "unexpected_exits": self.unexpected_exits,
-            "errors": self.errors, "kill_log": self.kill_log[:50],
+            "worker_kills": dict(self.kills),
+            "worker_kills_total": sum(self.kills.values()),
+            "worker_restarts": self.worker_restarts,
+            "redis_restarts": self.redis_restarts,
+            "postgres_restarts": self.pg_restarts,
+            "unexpected_exits": self.unexpected_exits,
+            "errors": self.errors,
+            "kill_log": self.kill_log[:50],
         }
 
 
@@ -220,14 +260,24 @@ def drain(stack: Stack, rec: Recorder, timeout: float) -> dict:
             counts = {"error": str(exc)[:100]}
         pending = counts.get("queued", 0) + counts.get("running", 0)
         if "error" not in counts and pending == 0:
-            return {"seconds": round(time.monotonic() - t0, 1), "quiescent": True, "job_status": counts}
+            return {
+                "seconds": round(time.monotonic() - t0, 1),
+                "quiescent": True,
+                "job_status": counts,
+            }
         if time.monotonic() - last_log > 10:
             log(f"draining: {counts}")
             last_log = time.monotonic()
         for p in stack.processes():  # nothing may die while we wait either
             if p.popen is not None and not p.alive():
-                rec.finding("process_exited_unexpectedly", process=p.name, pid=p.pid, returncode=p.returncode(),
-                            phase="drain", cause=exit_cause(p.tail(400)))
+                rec.finding(
+                    "process_exited_unexpectedly",
+                    process=p.name,
+                    pid=p.pid,
+                    returncode=p.returncode(),
+                    phase="drain",
+                    cause=exit_cause(p.tail(400)),
+                )
                 p.start()
         time.sleep(1)
     return {"seconds": round(time.monotonic() - t0, 1), "quiescent": False, "job_status": counts}
@@ -239,26 +289,58 @@ def probe(stack: Stack, api: Api, rec: Recorder, lease: int, n: int = 4) -> dict
     workers consume from it: everybody reconnected by themselves)."""
     base = f"http://127.0.0.1:{stack.port}"
     ready = wait_http(f"{base}/readyz", 60)
-    out = {"readyz": ready.status_code if ready is not None else None,
-           "readyz_body": ready.json() if ready is not None else None, "payments": []}
+    out = {
+        "readyz": ready.status_code if ready is not None else None,
+        "readyz_body": ready.json() if ready is not None else None,
+        "payments": [],
+    }
     if ready is None or ready.status_code != 200:
-        rec.violation("not_ready_after_chaos", body=ready.text[:300] if ready is not None else "no answer")
+        rec.violation(
+            "not_ready_after_chaos", body=ready.text[:300] if ready is not None else "no answer"
+        )
     sku = f"PROBE-{uuid.uuid4().hex[:8]}"
     api.call("probe", "POST", "/api/products", json_body={"sku": sku, "name": "probe"})
-    api.call("probe", "POST", "/api/receipts", json_body={"sku": sku, "location": "MAIN", "lot": "P1",
-                                                          "quantity": 100, "expires_on": None})
+    api.call(
+        "probe",
+        "POST",
+        "/api/receipts",
+        json_body={
+            "sku": sku,
+            "location": "MAIN",
+            "lot": "P1",
+            "quantity": 100,
+            "expires_on": None,
+        },
+    )
     for i in range(n):
-        resp, _ = api.call("probe", "POST", "/api/sales", json_body={
-            "number": f"{sku}-{i}", "location": "MAIN", "lines": [{"sku": sku, "quantity": 1, "unit_price": "1.00"}]})
+        resp, _ = api.call(
+            "probe",
+            "POST",
+            "/api/sales",
+            json_body={
+                "number": f"{sku}-{i}",
+                "location": "MAIN",
+                "lines": [{"sku": sku, "quantity": 1, "unit_price": "1.00"}],
+            },
+        )
         if resp is None or resp.status_code != 201:
-            rec.violation("probe_failed", step="sale", status=resp.status_code if resp is not None else None)
+            rec.violation(
+                "probe_failed", step="sale", status=resp.status_code if resp is not None else None
+            )
             continue
         sale_id = resp.json()["id"]
         t0 = time.monotonic()
-        resp, _ = api.call("probe", "POST", f"/api/sales/{sale_id}/transition", json_body={"to_status": "paid"},
-                           headers={"Idempotency-Key": f"probe-{i}"})
+        resp, _ = api.call(
+            "probe",
+            "POST",
+            f"/api/sales/{sale_id}/transition",
+            json_body={"to_status": "paid"},
+            headers={"Idempotency-Key": f"probe-{i}"},
+        )
         if resp is None or resp.status_code != 202:
-            rec.violation("probe_failed", step="pay", status=resp.status_code if resp is not None else None)
+            rec.violation(
+                "probe_failed", step="pay", status=resp.status_code if resp is not None else None
+            )
             continue
         job_id = resp.json()["job"]["id"]
         rec.accept("pay", sale_id, f"probe-{i}", job_id)
@@ -270,7 +352,9 @@ def probe(stack: Stack, api: Api, rec: Recorder, lease: int, n: int = 4) -> dict
                 break
             time.sleep(0.1)
         took = round(time.monotonic() - t0, 2)
-        out["payments"].append({"status": job and job["status"], "seconds": took, "attempts": job and job["attempts"]})
+        out["payments"].append(
+            {"status": job and job["status"], "seconds": took, "attempts": job and job["attempts"]}
+        )
         if not job or job["status"] != "succeeded":
             rec.violation("probe_failed", step="job", job=job)
         elif took >= lease:
@@ -305,23 +389,39 @@ def log_stats(stack: Stack, rec: Recorder) -> dict:
                 if text.startswith(("Couldn't ack", "Couldn't reject")):
                     lost_acks += 1  # the channel died with Redis: expected, the job row decides
                 else:
-                    fatal.append({"log": path.name, "timestamp": event.get("timestamp"), "event": text[:200]})
+                    fatal.append(
+                        {"log": path.name, "timestamp": event.get("timestamp"), "event": text[:200]}
+                    )
     for f in fatal:
         rec.finding("fatal_log_event", **f)
-    return {"run_job_deliveries_received": received, "reconciler_resent": resent,
-            "task_retries_by_reason": dict(retries), "fatal_events": len(fatal),
-            "acks_lost_with_broker": lost_acks}
+    return {
+        "run_job_deliveries_received": received,
+        "reconciler_resent": resent,
+        "task_retries_by_reason": dict(retries),
+        "fatal_events": len(fatal),
+        "acks_lost_with_broker": lost_acks,
+    }
 
 
 def accounting(rec: Recorder, load: Workload, args) -> dict:
     """Outcomes against requests: one sale per sale flow, one pay job per sale, one job
     per distinct idempotency key, the refunds asked for."""
-    pay_keys = sum(1 for (kind, _, key) in rec.accepted if kind == "pay" and not key.startswith("probe-"))
+    pay_keys = sum(
+        1 for (kind, _, key) in rec.accepted if kind == "pay" and not key.startswith("probe-")
+    )
     refund_keys = sum(1 for (kind, _, _) in rec.accepted if kind == "refund")
-    over = sum(n for (kind, status), n in rec.requests.items() if kind == "refund_over" and status == 422)
-    out = {"sales_planned": args.sales, "sales_created": rec.notes["sales_created"], "pay_jobs_accepted": pay_keys,
-           "refunds_planned": args.refunds, "refund_keys_sent": load.refund_keys_sent,
-           "refund_jobs_accepted": refund_keys, "over_refunds_refused": over}
+    over = sum(
+        n for (kind, status), n in rec.requests.items() if kind == "refund_over" and status == 422
+    )
+    out = {
+        "sales_planned": args.sales,
+        "sales_created": rec.notes["sales_created"],
+        "pay_jobs_accepted": pay_keys,
+        "refunds_planned": args.refunds,
+        "refund_keys_sent": load.refund_keys_sent,
+        "refund_jobs_accepted": refund_keys,
+        "over_refunds_refused": over,
+    }
     if not (args.sales == out["sales_created"] == pay_keys):
         rec.violation("sales_vs_pay_jobs", **out)
     if refund_keys + over != load.refund_keys_sent:
@@ -336,21 +436,36 @@ def request_mix(requests: Counter) -> dict:
     by_kind = Counter()
     for (kind, _), n in requests.items():
         by_kind[kind] += n
-    work = ("sale_create", "pay", "pay_duplicate", "refund", "refund_duplicate", "refund_over",
-            "refund_conflict", "malformed")
+    work = (
+        "sale_create",
+        "pay",
+        "pay_duplicate",
+        "refund",
+        "refund_duplicate",
+        "refund_over",
+        "refund_conflict",
+        "malformed",
+    )
     total = sum(by_kind[k] for k in work)
     jobs_requests = sum(by_kind[k] for k in ("pay", "pay_duplicate", "refund", "refund_duplicate"))
     refunds = by_kind["refund"] + by_kind["refund_over"]
     pct = lambda a, b: round(100 * a / b, 1) if b else 0.0  # noqa: E731
-    return {"requests": total,
-            "duplicate_pct_of_job_requests": pct(by_kind["pay_duplicate"] + by_kind["refund_duplicate"], jobs_requests),
-            "over_refund_pct_of_refunds": pct(by_kind["refund_over"], refunds),
-            "malformed_pct_of_requests": pct(by_kind["malformed"], total)}
+    return {
+        "requests": total,
+        "duplicate_pct_of_job_requests": pct(
+            by_kind["pay_duplicate"] + by_kind["refund_duplicate"], jobs_requests
+        ),
+        "over_refund_pct_of_refunds": pct(by_kind["refund_over"], refunds),
+        "malformed_pct_of_requests": pct(by_kind["malformed"], total),
+    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("python -m chaos", description=sys.modules["chaos"].__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        "python -m chaos",
+        description=sys.modules["chaos"].__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--sales", type=int, default=10000)
     p.add_argument("--refunds", type=int, default=2000)
     p.add_argument("--threads", type=int, default=6, help="client threads for sale flows")
@@ -362,26 +477,50 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pg-restarts", type=int, default=1)
     p.add_argument("--redis-down", type=float, default=1.0, help="seconds Redis stays down")
     p.add_argument("--pg-down", type=float, default=2.0, help="seconds PostgreSQL stays down")
-    p.add_argument("--kill-interval", type=float, default=4.0, help="mean seconds between worker kills")
+    p.add_argument(
+        "--kill-interval", type=float, default=4.0, help="mean seconds between worker kills"
+    )
     p.add_argument("--min-worker-kills", type=int, default=3)
-    p.add_argument("--child-kill-grace", type=float, default=8.0,
-                   help="no pool-child kills within this many seconds of a worker's start")
+    p.add_argument(
+        "--child-kill-grace",
+        type=float,
+        default=8.0,
+        help="no pool-child kills within this many seconds of a worker's start",
+    )
     p.add_argument("--queued-lease", type=int, default=5, help="JOB_QUEUED_LEASE_SECONDS")
     p.add_argument("--running-lease", type=int, default=10, help="JOB_RUNNING_LEASE_SECONDS")
-    p.add_argument("--reconcile-interval", type=int, default=2, help="JOB_RECONCILE_INTERVAL_SECONDS")
+    p.add_argument(
+        "--reconcile-interval", type=int, default=2, help="JOB_RECONCILE_INTERVAL_SECONDS"
+    )
     p.add_argument("--dup-rate", type=float, default=0.10)
     p.add_argument("--over-refund-rate", type=float, default=0.05)
     p.add_argument("--malformed-rate", type=float, default=0.05)
-    p.add_argument("--drain-timeout", type=float, default=None, help="default: 120 s + 0.1 s per request")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="time budget: the load stops at 60 %% of it (a violation), the drain gets the rest")
+    p.add_argument(
+        "--drain-timeout", type=float, default=None, help="default: 120 s + 0.1 s per request"
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="time budget: the load stops at 60 %% of it (a violation), the drain gets the rest",
+    )
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--allow-error-jobs", action="store_true",
-                   help="do not count jobs failed with code `error` (retries exhausted) as violations")
-    p.add_argument("--strict", action="store_true",
-                   help="findings (processes that died by themselves, lost publishes) count as violations")
-    p.add_argument("--keep-logs", metavar="DIR", help="copy every process's log here before cleanup")
-    p.add_argument("--keep-state", action="store_true", help="leave the temp state dir (servers stopped)")
+    p.add_argument(
+        "--allow-error-jobs",
+        action="store_true",
+        help="do not count jobs failed with code `error` (retries exhausted) as violations",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="findings (processes that died by themselves, lost publishes) count as violations",
+    )
+    p.add_argument(
+        "--keep-logs", metavar="DIR", help="copy every process's log here before cleanup"
+    )
+    p.add_argument(
+        "--keep-state", action="store_true", help="leave the temp state dir (servers stopped)"
+    )
     p.add_argument("--json-out", metavar="FILE", help="also write the summary here")
     args = p.parse_args(argv)
     if args.seed is None:
@@ -400,10 +539,15 @@ def main(argv=None) -> int:
     args.t0 = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)  # `make` / pytest timeouts: still clean up
     rec = Recorder()
-    stack = Stack(workers=args.workers, worker_concurrency=args.worker_concurrency,
-                  web_concurrency=args.web_concurrency, queued_lease=args.queued_lease,
-                  running_lease=args.running_lease, reconcile_interval=args.reconcile_interval,
-                  keep_state=args.keep_state)
+    stack = Stack(
+        workers=args.workers,
+        worker_concurrency=args.worker_concurrency,
+        web_concurrency=args.web_concurrency,
+        queued_lease=args.queued_lease,
+        running_lease=args.running_lease,
+        reconcile_interval=args.reconcile_interval,
+        keep_state=args.keep_state,
+    )
     summary: dict = {"ok": False, "config": {k: v for k, v in vars(args).items() if k != "t0"}}
     phases: dict = {}
     chaos = api = None
@@ -423,14 +567,26 @@ def main(argv=None) -> int:
         base = f"http://127.0.0.1:{stack.port}"
         ready = wait_http(f"{base}/readyz", 90)
         if ready is None or ready.status_code != 200:
-            raise RuntimeError(f"stack not ready: {ready.text if ready is not None else 'no answer'}\n"
-                               f"{stack.web.tail()}")
+            raise RuntimeError(
+                f"stack not ready: {ready.text if ready is not None else 'no answer'}\n"
+                f"{stack.web.tail()}"
+            )
         api = Api(base, token, rec)
         run_id = uuid.uuid4().hex[:6].upper()
-        load = Workload(api, rec, sales=args.sales, refunds=args.refunds, seed=args.seed, run_id=run_id,
-                        dup_rate=args.dup_rate, over_refund_rate=args.over_refund_rate,
-                        malformed_rate=args.malformed_rate)
-        load.lookup_sale_id = lambda number: checks.sale_id_by_number(stack.urls["DATABASE_URL"], number)
+        load = Workload(
+            api,
+            rec,
+            sales=args.sales,
+            refunds=args.refunds,
+            seed=args.seed,
+            run_id=run_id,
+            dup_rate=args.dup_rate,
+            over_refund_rate=args.over_refund_rate,
+            malformed_rate=args.malformed_rate,
+        )
+        load.lookup_sale_id = lambda number: checks.sale_id_by_number(
+            stack.urls["DATABASE_URL"], number
+        )
         summary["stock"] = load.setup_stock()
         phases["setup_s"] = round(time.monotonic() - args.t0, 1)
         log(f"stack up in {phases['setup_s']}s (web :{stack.port}); stock {summary['stock']}")
@@ -442,28 +598,42 @@ def main(argv=None) -> int:
         t = time.monotonic()
         chaos.start()
         if args.max_seconds:
+
             def watchdog():
                 while not chaos.load_done.wait(1):
                     if time.monotonic() - args.t0 > 0.6 * args.max_seconds:
-                        rec.violation("load_deadline_exceeded", max_seconds=args.max_seconds,
-                                      flows_done=rec.done_flows, flows_planned=total)
+                        rec.violation(
+                            "load_deadline_exceeded",
+                            max_seconds=args.max_seconds,
+                            flows_done=rec.done_flows,
+                            flows_planned=total,
+                        )
                         fatal.set()
                         return
+
             threading.Thread(target=watchdog, name="watchdog", daemon=True).start()
-        refund_threads = [threading.Thread(target=load.refund_worker, args=(fatal,), name=f"refunds-{i}", daemon=True)
-                          for i in range(args.refund_threads)]
+        refund_threads = [
+            threading.Thread(
+                target=load.refund_worker, args=(fatal,), name=f"refunds-{i}", daemon=True
+            )
+            for i in range(args.refund_threads)
+        ]
         for th in refund_threads:
             th.start()
         last = 0.0
         with ThreadPoolExecutor(args.threads, thread_name_prefix="sales") as pool:
-            futures = [pool.submit(lambda i=i: None if fatal.is_set() else load.sale_flow(i))
-                       for i in range(args.sales)]
+            futures = [
+                pool.submit(lambda i=i: None if fatal.is_set() else load.sale_flow(i))
+                for i in range(args.sales)
+            ]
             try:
                 while not all(f.done() for f in futures):
                     if time.monotonic() - last > 10:
                         last = time.monotonic()
-                        log(f"load: {rec.done_flows}/{total} flows, requests {sum(rec.requests.values())}, "
-                            f"accepted jobs {len(rec.accepted)}")
+                        log(
+                            f"load: {rec.done_flows}/{total} flows, requests {sum(rec.requests.values())}, "
+                            f"accepted jobs {len(rec.accepted)}"
+                        )
                     time.sleep(0.5)
             except BaseException:  # SIGTERM/^C: stop submitting, let the in-flight flows end
                 fatal.set()
@@ -485,7 +655,9 @@ def main(argv=None) -> int:
         t = time.monotonic()
         drain_timeout = args.drain_timeout
         if args.max_seconds:
-            drain_timeout = max(10.0, min(drain_timeout, args.max_seconds - (time.monotonic() - args.t0) - 30))
+            drain_timeout = max(
+                10.0, min(drain_timeout, args.max_seconds - (time.monotonic() - args.t0) - 30)
+            )
         summary["drain"] = drain(stack, rec, drain_timeout)
         phases["drain_s"] = round(time.monotonic() - t, 1)
         log(f"drain: {summary['drain']}")
@@ -493,19 +665,35 @@ def main(argv=None) -> int:
         summary["probe"] = probe(stack, api, rec, args.queued_lease)
         summary["ledger"] = checks.check_ledger(stack)
         if not summary["ledger"].get("clean") or summary["ledger"].get("unfinished_jobs"):
-            rec.violation("check_ledger", report={k: summary["ledger"].get(k) for k in
-                                                  ("clean", "unfinished_jobs", "exit_code", "error")})
-        verdict = checks.verify(stack.urls["DATABASE_URL"], rec, load, allow_error_jobs=args.allow_error_jobs)
+            rec.violation(
+                "check_ledger",
+                report={
+                    k: summary["ledger"].get(k)
+                    for k in ("clean", "unfinished_jobs", "exit_code", "error")
+                },
+            )
+        verdict = checks.verify(
+            stack.urls["DATABASE_URL"], rec, load, allow_error_jobs=args.allow_error_jobs
+        )
         if rec.server_errors:
             rec.violation("http_5xx", count=len(rec.server_errors), examples=rec.server_errors[:5])
-        verdict["checks"]["no_http_500"] = "ok" if not rec.server_errors else f"FAIL ({len(rec.server_errors)})"
+        verdict["checks"]["no_http_500"] = (
+            "ok" if not rec.server_errors else f"FAIL ({len(rec.server_errors)})"
+        )
         summary["checks"] = verdict.pop("checks")
         phases["checks_s"] = round(time.monotonic() - t, 1)
         summary.update(verdict)
         summary["accounting"] = accounting(rec, load, args)
         summary["chaos"] = chaos.summary()
-        if len(chaos.redis_restarts) < args.redis_restarts or len(chaos.pg_restarts) < args.pg_restarts:
-            rec.violation("chaos_schedule_incomplete", redis=len(chaos.redis_restarts), postgres=len(chaos.pg_restarts))
+        if (
+            len(chaos.redis_restarts) < args.redis_restarts
+            or len(chaos.pg_restarts) < args.pg_restarts
+        ):
+            rec.violation(
+                "chaos_schedule_incomplete",
+                redis=len(chaos.redis_restarts),
+                postgres=len(chaos.pg_restarts),
+            )
         exit_code = 0
     except KeyboardInterrupt:
         rec.violation("interrupted")
@@ -546,7 +734,7 @@ def main(argv=None) -> int:
         with open(args.json_out, "w") as f:
             f.write(text + "\n")
     print(text, flush=True)
-    if exit_code == 0 and rec.violations:  # noqa: SIM102
+    if exit_code == 0 and rec.violations:
         exit_code = 1
     return exit_code
 

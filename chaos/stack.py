@@ -5,6 +5,7 @@ Only processes this module started are ever signalled: the servers are found thr
 the pid files of *our* state dir (and checked by name and command line), the app
 processes through the Popen handles and the process groups they lead.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,9 +27,18 @@ PY = sys.executable
 # Variables of the caller that must not leak into the stack: they would point it at
 # other servers (the machine's shared ones, pytest's test database) or other metrics dirs.
 _SCRUB = (
-    "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "STOCKFLOW_USE_TEST_DATABASE", "STOCKFLOW_TEST_REDIS_DB",
-    "PROMETHEUS_MULTIPROC_DIR", "WORKER_NAME", "WORKER_METRICS_PORT", "PORT", "SENTRY_DSN",
-    "DJANGO_SETTINGS_MODULE", "PYTEST_CURRENT_TEST",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "STOCKFLOW_USE_TEST_DATABASE",
+    "STOCKFLOW_TEST_REDIS_DB",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "WORKER_NAME",
+    "WORKER_METRICS_PORT",
+    "PORT",
+    "SENTRY_DSN",
+    "DJANGO_SETTINGS_MODULE",
+    "PYTEST_CURRENT_TEST",
 )
 
 
@@ -85,7 +95,7 @@ class Proc:
                 return False
             cut = chunk.rfind(b"\n") + 1  # whole lines only
             self.scan_pos += cut
-            self.fatal_seen = b'Unrecoverable error' in chunk[:cut]
+            self.fatal_seen = b"Unrecoverable error" in chunk[:cut]
         return self.fatal_seen
 
     def start(self) -> None:
@@ -93,8 +103,13 @@ class Proc:
         self.scan_pos, self.fatal_seen = self.log_offset, False
         with self.log_path.open("ab") as out:
             self.popen = subprocess.Popen(
-                self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.pgids.append(self.popen.pid)
         self.starts += 1
@@ -191,15 +206,27 @@ class Proc:
 class Stack:
     """Embedded servers in a temporary state dir plus the app processes."""
 
-    def __init__(self, *, workers: int = 2, worker_concurrency: int = 2, web_concurrency: int = 2,
-                 queued_lease: int = 5, running_lease: int = 10, reconcile_interval: int = 2,
-                 keep_state: bool = False):
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        worker_concurrency: int = 2,
+        web_concurrency: int = 2,
+        queued_lease: int = 5,
+        running_lease: int = 10,
+        reconcile_interval: int = 2,
+        keep_state: bool = False,
+    ):
         # Short path: the PostgreSQL socket lives in <state>/pg and AF_UNIX paths are short.
         self.state = Path(tempfile.mkdtemp(prefix="sfchaos.", dir="/tmp"))
         self.logs = self.state / "logs"
         self.logs.mkdir()
         self.keep_state = keep_state
-        self.n_workers, self.worker_concurrency, self.web_concurrency = workers, worker_concurrency, web_concurrency
+        self.n_workers, self.worker_concurrency, self.web_concurrency = (
+            workers,
+            worker_concurrency,
+            web_concurrency,
+        )
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
         env.update(
             DJANGO_SETTINGS_MODULE="api.settings",
@@ -220,17 +247,26 @@ class Stack:
 
     # --- embedded servers ---------------------------------------------------------------
 
-    def _embedded(self, command: str, keep: tuple[str, ...] = (), timeout: float = 120) -> dict[str, str]:
+    def _embedded(
+        self, command: str, keep: tuple[str, ...] = (), timeout: float = 120
+    ) -> dict[str, str]:
         """Run `python -m api.embedded <command>` for our state dir. URLs named in `keep`
         are passed in (so that server is left alone); the others are looked up/started."""
         env = {k: v for k, v in self.base_env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
         for key in keep:
             env[key] = self.urls[key]
         proc = subprocess.run(
-            [PY, "-m", "api.embedded", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+            [PY, "-m", "api.embedded", command],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if proc.returncode != 0:
-            raise RuntimeError(f"api.embedded {command} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+            raise RuntimeError(
+                f"api.embedded {command} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}"
+            )
         out = {}
         for line in proc.stdout.splitlines():
             key, sep, value = line.partition("=")
@@ -257,7 +293,11 @@ class Stack:
         try:
             pid = int((pgdata / "postmaster.pid").read_text().split()[0])
             p = psutil.Process(pid)
-            if p.status() != psutil.STATUS_ZOMBIE and p.name() == "postgres" and str(pgdata) in p.cmdline():
+            if (
+                p.status() != psutil.STATUS_ZOMBIE
+                and p.name() == "postgres"
+                and str(pgdata) in p.cmdline()
+            ):
                 return pid
         except (OSError, ValueError, IndexError, psutil.Error):
             pass
@@ -269,7 +309,11 @@ class Stack:
             pid = int((rdir / "redis.pid").read_text().split()[0])
             port = (rdir / "port").read_text().strip()
             p = psutil.Process(pid)
-            if p.status() != psutil.STATUS_ZOMBIE and p.name() == "redis-server" and port in " ".join(p.cmdline()):
+            if (
+                p.status() != psutil.STATUS_ZOMBIE
+                and p.name() == "redis-server"
+                and port in " ".join(p.cmdline())
+            ):
                 return pid
         except (OSError, ValueError, IndexError, psutil.Error):
             pass
@@ -285,9 +329,13 @@ class Stack:
             try:
                 urls = self._embedded("start", keep=(keep,))
                 if urls.get(key) != self.urls[key]:
-                    raise RuntimeError(f"{key} changed after restart: {urls.get(key)} != {self.urls[key]}")
+                    raise RuntimeError(
+                        f"{key} changed after restart: {urls.get(key)} != {self.urls[key]}"
+                    )
                 if (self.redis_pid() if key == "REDIS_URL" else self.pg_pid()) is None:
-                    raise RuntimeError(f"api.embedded start returned but the server for {key} is not running")
+                    raise RuntimeError(
+                        f"api.embedded start returned but the server for {key} is not running"
+                    )
                 return tries, last_error
             except RuntimeError as exc:
                 last_error = str(exc)[-300:]
@@ -305,8 +353,13 @@ class Stack:
         _wait_gone([pid], 10)
         time.sleep(down_s)
         tries, err = self._restart("REDIS_URL", keep="DATABASE_URL", deadline_s=30)
-        return {"pid": pid, "signal": "SIGKILL", "down_s": round(time.monotonic() - t0, 2), "start_tries": tries,
-                **({"first_start_error": err} if err and tries > 1 else {})}
+        return {
+            "pid": pid,
+            "signal": "SIGKILL",
+            "down_s": round(time.monotonic() - t0, 2),
+            "start_tries": tries,
+            **({"first_start_error": err} if err and tries > 1 else {}),
+        }
 
     def restart_postgres(self, sig: signal.Signals, down_s: float) -> dict:
         """Signal the postmaster (SIGKILL: crash and WAL recovery; SIGQUIT: immediate;
@@ -322,33 +375,58 @@ class Stack:
         time.sleep(down_s)
         t_start = time.monotonic()
         tries, err = self._restart("DATABASE_URL", keep="REDIS_URL", deadline_s=60)
-        return {"pid": pid, "signal": sig.name, "processes_exited": gone,
-                "exit_s": round(t_gone - t0, 2), "start_s": round(time.monotonic() - t_start, 2),
-                "down_s": round(time.monotonic() - t0, 2), "start_tries": tries,
-                **({"first_start_error": err} if err and tries > 1 else {})}
+        return {
+            "pid": pid,
+            "signal": sig.name,
+            "processes_exited": gone,
+            "exit_s": round(t_gone - t0, 2),
+            "start_s": round(time.monotonic() - t_start, 2),
+            "down_s": round(time.monotonic() - t0, 2),
+            "start_tries": tries,
+            **({"first_start_error": err} if err and tries > 1 else {}),
+        }
 
     # --- app processes ---------------------------------------------------------------------
 
     def manage(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([PY, str(ROOT / "manage.py"), *args], cwd=ROOT, env=self.base_env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [PY, str(ROOT / "manage.py"), *args],
+            cwd=ROOT,
+            env=self.base_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def start_app(self) -> None:
         self.port = free_port()
-        web_env = dict(self.base_env, PORT=str(self.port), BIND_HOST="127.0.0.1",
-                       WEB_CONCURRENCY=str(self.web_concurrency),
-                       PROMETHEUS_MULTIPROC_DIR=str(self.state / "prom" / "web"))
+        web_env = dict(
+            self.base_env,
+            PORT=str(self.port),
+            BIND_HOST="127.0.0.1",
+            WEB_CONCURRENCY=str(self.web_concurrency),
+            PROMETHEUS_MULTIPROC_DIR=str(self.state / "prom" / "web"),
+        )
         self.web = Proc("web", [str(ROOT / "bin" / "web")], web_env, self.logs / "web.log")
         self.web.start()
         for i in range(1, self.n_workers + 1):
-            wenv = dict(self.base_env, WORKER_NAME=f"chaos-w{i}", WORKER_CONCURRENCY=str(self.worker_concurrency),
-                        WORKER_METRICS_PORT="0", PROMETHEUS_MULTIPROC_DIR=str(self.state / "prom" / f"w{i}"))
+            wenv = dict(
+                self.base_env,
+                WORKER_NAME=f"chaos-w{i}",
+                WORKER_CONCURRENCY=str(self.worker_concurrency),
+                WORKER_METRICS_PORT="0",
+                PROMETHEUS_MULTIPROC_DIR=str(self.state / "prom" / f"w{i}"),
+            )
             w = Proc(f"w{i}", [str(ROOT / "bin" / "worker")], wenv, self.logs / f"worker-w{i}.log")
             w.start()
             self.workers.append(w)
         # bin/beat's own --schedule is under the repo's .state; the later flag wins.
-        self.beat = Proc("beat", [str(ROOT / "bin" / "beat"), "--schedule", str(self.state / "celerybeat-schedule")],
-                         dict(self.base_env), self.logs / "beat.log")
+        self.beat = Proc(
+            "beat",
+            [str(ROOT / "bin" / "beat"), "--schedule", str(self.state / "celerybeat-schedule")],
+            dict(self.base_env),
+            self.logs / "beat.log",
+        )
         self.beat.start()
         for w in self.workers:
             self.wait_worker_ready(w, 90)
@@ -393,7 +471,9 @@ class Stack:
                 shutil.copy2(f, dest / f.name)
             for f in (self.state / "pg" / "log", self.state / "redis" / "redis.log"):
                 if f.exists():
-                    shutil.copy2(f, dest / f"{f.parent.name}-{f.name}".replace("pg-log", "postgres.log"))
+                    shutil.copy2(
+                        f, dest / f"{f.parent.name}-{f.name}".replace("pg-log", "postgres.log")
+                    )
             info["logs"] = str(dest)
         if self.keep_state:
             info["state_dir"] = str(self.state)

@@ -6,6 +6,7 @@ A request that meets a restart window may get 503 (database down) or no answer a
 Idempotency-Key, which is what a real client does. A 500 is never retried and is a
 violation by itself.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -72,7 +73,9 @@ class Recorder:
                 self.accepted[(kind, sale_id, key)] = job_id
                 self.job_kind[job_id] = kind
         if known is not None and known != job_id:
-            self.violation("same_key_same_job", kind=kind, sale_id=sale_id, key=key, first=known, again=job_id)
+            self.violation(
+                "same_key_same_job", kind=kind, sale_id=sale_id, key=key, first=known, again=job_id
+            )
 
 
 class Api:
@@ -88,8 +91,11 @@ class Api:
     def client(self) -> httpx.Client:
         c = getattr(self.local, "client", None)
         if c is None:
-            c = httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.token}"},
-                             timeout=httpx.Timeout(45, connect=5))
+            c = httpx.Client(
+                base_url=self.base_url,
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=httpx.Timeout(45, connect=5),
+            )
             self.local.client = c
             with self.lock:
                 self.clients.append(c)
@@ -99,8 +105,17 @@ class Api:
         for c in self.clients:
             c.close()
 
-    def call(self, kind: str, method: str, path: str, *, json_body=None, content: bytes | None = None,
-             headers: dict | None = None, retry: bool = True) -> tuple[httpx.Response | None, int]:
+    def call(
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        *,
+        json_body=None,
+        content: bytes | None = None,
+        headers: dict | None = None,
+        retry: bool = True,
+    ) -> tuple[httpx.Response | None, int]:
         """Send until a final answer (anything but 503 / no answer) or give-up.
         Returns (response or None, attempts)."""
         headers = dict(headers or {})
@@ -112,7 +127,9 @@ class Api:
         while True:
             attempt += 1
             try:
-                resp = self.client().request(method, path, json=json_body, content=content, headers=headers)
+                resp = self.client().request(
+                    method, path, json=json_body, content=content, headers=headers
+                )
                 status = resp.status_code
             except httpx.TransportError as exc:
                 resp, status = None, f"no_answer:{type(exc).__name__}"
@@ -122,10 +139,16 @@ class Api:
                 self.rec.attempts[(kind, status)] += 1
             if resp is not None and resp.status_code >= 500 and resp.status_code != 503:
                 with self.rec.lock:
-                    self.rec.server_errors.append({
-                        "kind": kind, "method": method, "path": path, "status": resp.status_code,
-                        "request_id": resp.headers.get("X-Request-ID"), "body": resp.text[:300],
-                    })
+                    self.rec.server_errors.append(
+                        {
+                            "kind": kind,
+                            "method": method,
+                            "path": path,
+                            "status": resp.status_code,
+                            "request_id": resp.headers.get("X-Request-ID"),
+                            "body": resp.text[:300],
+                        }
+                    )
                 break
             if resp is not None and resp.status_code != 503:
                 break
@@ -138,8 +161,13 @@ class Api:
         with self.rec.lock:
             self.rec.requests[(kind, resp.status_code if resp is not None else "gave_up")] += 1
         if resp is None or resp.status_code == 503:
-            self.rec.violation("request_gave_up", kind=kind, path=path, attempts=attempt,
-                               last=resp.status_code if resp is not None else status)
+            self.rec.violation(
+                "request_gave_up",
+                kind=kind,
+                path=path,
+                attempts=attempt,
+                last=resp.status_code if resp is not None else status,
+            )
         return resp, attempt
 
 
@@ -161,12 +189,28 @@ class Workload:
     (on paid sales: full, partial, over-refund [-> duplicate, conflict]), with malformed
     requests sprinkled in. Rates are per logical request."""
 
-    def __init__(self, api: Api, rec: Recorder, *, sales: int, refunds: int, seed: int, run_id: str,
-                 dup_rate=0.10, over_refund_rate=0.05, malformed_rate=0.05, conflict_rate=0.02):
+    def __init__(
+        self,
+        api: Api,
+        rec: Recorder,
+        *,
+        sales: int,
+        refunds: int,
+        seed: int,
+        run_id: str,
+        dup_rate=0.10,
+        over_refund_rate=0.05,
+        malformed_rate=0.05,
+        conflict_rate=0.02,
+    ):
         self.api, self.rec = api, rec
         self.n_sales, self.n_refunds = sales, refunds
         self.dup_rate, self.over_rate, self.malformed_rate, self.conflict_rate = (
-            dup_rate, over_refund_rate, malformed_rate, conflict_rate)
+            dup_rate,
+            over_refund_rate,
+            malformed_rate,
+            conflict_rate,
+        )
         self.run_id = run_id
         self.seed = seed
         self.rng_lock = threading.Lock()
@@ -186,7 +230,9 @@ class Workload:
         self.refund_candidate_p = min(1.0, 2.5 * refunds / max(sales, 1))
         self.lookup_sale_id = None  # set by the harness: number -> id from the database
         self.tl = threading.local()
-        self.refund_amounts: dict[str, tuple[int, dict[int, int]]] = {}  # job id -> (sale id, {line: qty})
+        self.refund_amounts: dict[
+            str, tuple[int, dict[int, int]]
+        ] = {}  # job id -> (sale id, {line: qty})
 
     def rand(self) -> random.Random:
         """A per-thread generator seeded from the run's seed."""
@@ -206,7 +252,9 @@ class Workload:
         receipts = 0
         for i in range(n_skus):
             sku = f"CH{self.run_id}-{i:03d}"
-            self._ok("product", "POST", "/api/products", {"sku": sku, "name": f"Chaos product {i}"}, 201)
+            self._ok(
+                "product", "POST", "/api/products", {"sku": sku, "name": f"Chaos product {i}"}, 201
+            )
             self.skus.append(sku)
             # An expired lot (never consumable) on every other product: when the good stock
             # runs out, those sales fail `expired_batch`, the others `insufficient_stock`.
@@ -215,23 +263,37 @@ class Workload:
                 self.expired_only.append(sku)
             else:
                 good = max(4, int(per_sku * 0.6))  # ~60 % of the demand: later sales run short
-                batches += [("A", 20, good // 3), ("B", 60, good // 3), ("C", None if i % 3 == 0 else 120,
-                                                                        good - 2 * (good // 3))]
+                batches += [
+                    ("A", 20, good // 3),
+                    ("B", 60, good // 3),
+                    ("C", None if i % 3 == 0 else 120, good - 2 * (good // 3)),
+                ]
                 self.supply[sku] = good
             for lot, exp, qty in batches:
-                body = {"sku": sku, "location": "MAIN", "lot": lot, "quantity": qty,
-                        "expires_on": days(exp) if exp is not None else None}
+                body = {
+                    "sku": sku,
+                    "location": "MAIN",
+                    "lot": lot,
+                    "quantity": qty,
+                    "expires_on": days(exp) if exp is not None else None,
+                }
                 self._ok("receipt", "POST", "/api/receipts", body, 201)
                 receipts += 1
-        return {"skus": n_skus, "expired_only_skus": n_expired_only, "receipts": receipts,
-                "units_in_stock": sum(self.supply.values()),
-                "units_demanded_approx": int(self.n_sales * avg_units_per_sale)}
+        return {
+            "skus": n_skus,
+            "expired_only_skus": n_expired_only,
+            "receipts": receipts,
+            "units_in_stock": sum(self.supply.values()),
+            "units_demanded_approx": int(self.n_sales * avg_units_per_sale),
+        }
 
     def _ok(self, kind, method, path, body, status) -> dict:
         resp, _ = self.api.call(kind, method, path, json_body=body)
         if resp is None or resp.status_code != status:
-            raise RuntimeError(f"setup {method} {path}: {resp.status_code if resp else 'no answer'} "
-                               f"{resp.text[:300] if resp else ''}")
+            raise RuntimeError(
+                f"setup {method} {path}: {resp.status_code if resp else 'no answer'} "
+                f"{resp.text[:300] if resp else ''}"
+            )
         return resp.json()
 
     # --- sale flows -----------------------------------------------------------------------------
@@ -240,7 +302,9 @@ class Workload:
         try:
             self._sale_flow(i)
         except Exception as exc:  # a harness bug must not pass as a clean run
-            self.rec.violation("harness_exception", where="sale_flow", error=f"{type(exc).__name__}: {exc}")
+            self.rec.violation(
+                "harness_exception", where="sale_flow", error=f"{type(exc).__name__}: {exc}"
+            )
         finally:
             with self.rec.lock:
                 self.rec.done_flows += 1
@@ -253,8 +317,13 @@ class Workload:
         number = f"CH{self.run_id}-S{i:06d}"
         n_lines = rng.choice((1, 2, 2, 3))
         skus = rng.sample(self.skus, n_lines)
-        body = {"number": number, "location": "MAIN",
-                "lines": [{"sku": s, "quantity": rng.randint(1, 4), "unit_price": "9.99"} for s in skus]}
+        body = {
+            "number": number,
+            "location": "MAIN",
+            "lines": [
+                {"sku": s, "quantity": rng.randint(1, 4), "unit_price": "9.99"} for s in skus
+            ],
+        }
         resp, attempts = self.api.call("sale_create", "POST", "/api/sales", json_body=body)
         if resp is None:
             return
@@ -264,9 +333,14 @@ class Workload:
             # Committed by an attempt answered 503 (or not at all); POST /api/sales has no
             # idempotency key, so the retry is a 409 and only the database knows the id.
             sale_id = self.lookup_sale_id(number)
-            self.rec.finding("sale_create_committed_but_not_confirmed", number=number, sale_id=sale_id,
-                             request_id=resp.request.headers.get("X-Request-ID"), attempts=attempts,
-                             retry_answer=resp.text[:200])
+            self.rec.finding(
+                "sale_create_committed_but_not_confirmed",
+                number=number,
+                sale_id=sale_id,
+                request_id=resp.request.headers.get("X-Request-ID"),
+                attempts=attempts,
+                retry_answer=resp.text[:200],
+            )
             if sale_id is None:
                 self.rec.violation("sale_create_conflict_without_sale", number=number)
                 return
@@ -275,7 +349,9 @@ class Workload:
                 return
             sale = r2.json()
         else:
-            self.rec.violation("sale_create_unexpected", status=resp.status_code, body=resp.text[:300])
+            self.rec.violation(
+                "sale_create_unexpected", status=resp.status_code, body=resp.text[:300]
+            )
             return
         sale_id = sale["id"]
         with self.rec.lock:
@@ -287,39 +363,61 @@ class Workload:
         if job_id is None:
             return
         if rng.random() < self.dup_rate:
-            self._duplicate("pay", sale_id, f"/api/sales/{sale_id}/transition", pay_body, key, job_id)
+            self._duplicate(
+                "pay", sale_id, f"/api/sales/{sale_id}/transition", pay_body, key, job_id
+            )
         state = SaleState(sale_id, number, lines, job_id)
         with self.sales_lock:
             self.sales[sale_id] = state
         if rng.random() < self.refund_candidate_p:
             self._push(0.5, "await_pay", sale_id)
 
-    def _submit_job(self, kind: str, sale_id: int, path: str, body: dict, key: str,
-                    expect_status: int = 202) -> str | None:
-        resp, _ = self.api.call(kind, "POST", path, json_body=body, headers={"Idempotency-Key": key})
+    def _submit_job(
+        self, kind: str, sale_id: int, path: str, body: dict, key: str, expect_status: int = 202
+    ) -> str | None:
+        resp, _ = self.api.call(
+            kind, "POST", path, json_body=body, headers={"Idempotency-Key": key}
+        )
         if resp is None:
             return None
         if resp.status_code != expect_status:
             if expect_status == 202:
-                self.rec.violation(f"{kind}_not_accepted", sale_id=sale_id, status=resp.status_code,
-                                   body=resp.text[:300])
+                self.rec.violation(
+                    f"{kind}_not_accepted",
+                    sale_id=sale_id,
+                    status=resp.status_code,
+                    body=resp.text[:300],
+                )
             return None
         job_id = resp.json()["job"]["id"]
         if resp.headers.get("Location") != f"/api/jobs/{job_id}":
-            self.rec.violation("location_header", kind=kind, job_id=job_id, location=resp.headers.get("Location"))
+            self.rec.violation(
+                "location_header", kind=kind, job_id=job_id, location=resp.headers.get("Location")
+            )
         self.rec.accept(kind, sale_id, key, job_id)
         return job_id
 
-    def _duplicate(self, kind: str, sale_id: int, path: str, body: dict, key: str, job_id: str) -> None:
-        resp, _ = self.api.call(f"{kind}_duplicate", "POST", path, json_body=body, headers={"Idempotency-Key": key})
+    def _duplicate(
+        self, kind: str, sale_id: int, path: str, body: dict, key: str, job_id: str
+    ) -> None:
+        resp, _ = self.api.call(
+            f"{kind}_duplicate", "POST", path, json_body=body, headers={"Idempotency-Key": key}
+        )
         if resp is None:
             return
         if resp.status_code == 202 and resp.json()["job"]["id"] == job_id:
             self.rec.duplicates[f"{kind}_same_job"] += 1
         else:
             self.rec.duplicates[f"{kind}_different"] += 1
-            self.rec.violation("duplicate_returned_other", kind=kind, sale_id=sale_id, key=key, job_id=job_id,
-                               status=resp.status_code, body=resp.text[:300])
+            self.rec.violation(
+                "duplicate_returned_other",
+                kind=kind,
+                sale_id=sale_id,
+                key=key,
+                job_id=job_id,
+                status=resp.status_code,
+                body=resp.text[:300],
+            )
 
     # --- malformed requests --------------------------------------------------------------------
 
@@ -329,47 +427,102 @@ class Workload:
         ("json_array", "POST", "transition", b'["paid"]', None),
         ("to_status_int", "POST", "transition", None, {"to_status": 7}),
         ("to_status_unknown", "POST", "transition", None, {"to_status": "shipped"}),
-        ("quantity_string", "POST", "sales", None,
-         {"number": "X", "location": "MAIN", "lines": [{"sku": "S", "quantity": "3", "unit_price": "1.00"}]}),
-        ("price_float", "POST", "sales", None,
-         {"number": "X", "location": "MAIN", "lines": [{"sku": "S", "quantity": 3, "unit_price": 1.5}]}),
+        (
+            "quantity_string",
+            "POST",
+            "sales",
+            None,
+            {
+                "number": "X",
+                "location": "MAIN",
+                "lines": [{"sku": "S", "quantity": "3", "unit_price": "1.00"}],
+            },
+        ),
+        (
+            "price_float",
+            "POST",
+            "sales",
+            None,
+            {
+                "number": "X",
+                "location": "MAIN",
+                "lines": [{"sku": "S", "quantity": 3, "unit_price": 1.5}],
+            },
+        ),
         ("lines_empty", "POST", "sales", None, {"number": "X", "location": "MAIN", "lines": []}),
-        ("refund_line_types", "POST", "refunds", None,
-         {"kind": "partial", "lines": [{"sale_line_id": "x", "quantity": -1}]}),
-        ("refund_huge_quantity", "POST", "refunds", None,
-         {"kind": "partial", "lines": [{"sale_line_id": 1, "quantity": 10**30}]}),
+        (
+            "refund_line_types",
+            "POST",
+            "refunds",
+            None,
+            {"kind": "partial", "lines": [{"sale_line_id": "x", "quantity": -1}]},
+        ),
+        (
+            "refund_huge_quantity",
+            "POST",
+            "refunds",
+            None,
+            {"kind": "partial", "lines": [{"sale_line_id": 1, "quantity": 10**30}]},
+        ),
         ("refund_no_key", "POST", "refunds_nokey", None, {"kind": "full"}),
         ("refund_kind_unknown", "POST", "refunds", None, {"kind": "everything"}),
-        ("receipt_bad_date", "POST", "receipts", None,
-         {"sku": "S", "location": "MAIN", "lot": "L", "quantity": 1, "expires_on": "31/12/2030"}),
+        (
+            "receipt_bad_date",
+            "POST",
+            "receipts",
+            None,
+            {"sku": "S", "location": "MAIN", "lot": "L", "quantity": 1, "expires_on": "31/12/2030"},
+        ),
     )
 
     def malformed(self, rng: random.Random) -> None:
         name, method, target, content, body = rng.choice(self.MALFORMED)
         with self.sales_lock:
             sale_id = rng.choice(list(self.sales)) if self.sales else 1
-        path = {"transition": f"/api/sales/{sale_id}/transition", "sales": "/api/sales",
-                "refunds": f"/api/sales/{sale_id}/refunds", "refunds_nokey": f"/api/sales/{sale_id}/refunds",
-                "receipts": "/api/receipts"}[target]
+        path = {
+            "transition": f"/api/sales/{sale_id}/transition",
+            "sales": "/api/sales",
+            "refunds": f"/api/sales/{sale_id}/refunds",
+            "refunds_nokey": f"/api/sales/{sale_id}/refunds",
+            "receipts": "/api/receipts",
+        }[target]
         if body is not None and target == "sales":
             body = dict(body, lines=[dict(l, sku=self.skus[0]) for l in body["lines"]])
         headers = {"Idempotency-Key": f"bad-{rng.random()}"} if target == "refunds" else {}
-        resp, _ = self.api.call("malformed", method, path, json_body=body, content=content, headers=headers)
+        resp, _ = self.api.call(
+            "malformed", method, path, json_body=body, content=content, headers=headers
+        )
         self.rec.note(f"malformed:{name}")
-        if resp is not None and resp.status_code not in MALFORMED_EXPECTED and resp.status_code != 503:
-            self.rec.violation("malformed_not_4xx", name=name, status=resp.status_code, body=resp.text[:300])
+        if (
+            resp is not None
+            and resp.status_code not in MALFORMED_EXPECTED
+            and resp.status_code != 503
+        ):
+            self.rec.violation(
+                "malformed_not_4xx", name=name, status=resp.status_code, body=resp.text[:300]
+            )
         elif resp is not None and resp.status_code < 500:
             try:
                 err = resp.json()["error"]
                 assert {"code", "message", "request_id"} <= set(err)
             except Exception:
-                self.rec.violation("malformed_error_shape", name=name, status=resp.status_code, body=resp.text[:200])
+                self.rec.violation(
+                    "malformed_error_shape",
+                    name=name,
+                    status=resp.status_code,
+                    body=resp.text[:200],
+                )
 
     # --- refund flows -------------------------------------------------------------------------
 
-    def _push(self, delay: float, action: str, sale_id: int, job_id: str | None = None, extra=None) -> None:
+    def _push(
+        self, delay: float, action: str, sale_id: int, job_id: str | None = None, extra=None
+    ) -> None:
         with self.heap_lock:
-            heapq.heappush(self.heap, (time.monotonic() + delay, next(self.seq), action, sale_id, job_id, extra))
+            heapq.heappush(
+                self.heap,
+                (time.monotonic() + delay, next(self.seq), action, sale_id, job_id, extra),
+            )
 
     def _pop_ready(self):
         with self.heap_lock:
@@ -395,13 +548,20 @@ class Workload:
             try:
                 self._refund_step(*item[2:])
             except Exception as exc:
-                self.rec.violation("harness_exception", where="refund_worker", error=f"{type(exc).__name__}: {exc}")
+                self.rec.violation(
+                    "harness_exception", where="refund_worker", error=f"{type(exc).__name__}: {exc}"
+                )
 
     def _job(self, job_id: str) -> dict | None:
         resp, _ = self.api.call("job_poll", "GET", f"/api/jobs/{job_id}")
         if resp is None or resp.status_code != 200:
             if resp is not None:
-                self.rec.violation("job_poll_unexpected", job_id=job_id, status=resp.status_code, body=resp.text[:200])
+                self.rec.violation(
+                    "job_poll_unexpected",
+                    job_id=job_id,
+                    status=resp.status_code,
+                    body=resp.text[:200],
+                )
             return None
         return resp.json()
 
@@ -452,18 +612,32 @@ class Workload:
         if int(n * self.over_rate) > int((n - 1) * self.over_rate):
             # Over-refund: one more than is left on a line: refused at the door, 422.
             lid = max(remaining, key=remaining.get)
-            body = {"kind": "partial", "lines": [{"sale_line_id": lid, "quantity": remaining[lid] + 1}]}
-            resp, _ = self.api.call("refund_over", "POST", path, json_body=body, headers={"Idempotency-Key": key})
-            if resp is not None and not (resp.status_code == 422 and resp.json()["error"]["code"] == "over_refund"):
-                self.rec.violation("over_refund_not_refused", sale_id=state.sale_id, status=resp.status_code,
-                                   body=resp.text[:300])
+            body = {
+                "kind": "partial",
+                "lines": [{"sale_line_id": lid, "quantity": remaining[lid] + 1}],
+            }
+            resp, _ = self.api.call(
+                "refund_over", "POST", path, json_body=body, headers={"Idempotency-Key": key}
+            )
+            if resp is not None and not (
+                resp.status_code == 422 and resp.json()["error"]["code"] == "over_refund"
+            ):
+                self.rec.violation(
+                    "over_refund_not_refused",
+                    sale_id=state.sale_id,
+                    status=resp.status_code,
+                    body=resp.text[:300],
+                )
             return
         if rng.random() < 0.40:
             body, amounts = {"kind": "full"}, dict(left)
         else:
             picked = rng.sample(sorted(left), rng.randint(1, len(left)))
             amounts = {lid: rng.randint(1, left[lid]) for lid in picked}
-            body = {"kind": "partial", "lines": [{"sale_line_id": lid, "quantity": q} for lid, q in amounts.items()]}
+            body = {
+                "kind": "partial",
+                "lines": [{"sale_line_id": lid, "quantity": q} for lid, q in amounts.items()],
+            }
         job_id = self._submit_job("refund", state.sale_id, path, body, key)
         if job_id is None:
             return
@@ -472,13 +646,23 @@ class Workload:
         if rng.random() < self.dup_rate:
             self._duplicate("refund", state.sale_id, path, body, key, job_id)
         if rng.random() < self.conflict_rate:
-            other = {"kind": "partial", "lines": [{"sale_line_id": next(iter(left)), "quantity": 1}]} \
-                if body["kind"] == "full" else {"kind": "full"}
-            resp, _ = self.api.call("refund_conflict", "POST", path, json_body=other, headers={"Idempotency-Key": key})
-            if resp is not None and not (resp.status_code == 409
-                                         and resp.json()["error"]["code"] == "idempotency_conflict"):
-                self.rec.violation("idempotency_conflict_not_409", sale_id=state.sale_id, status=resp.status_code,
-                                   body=resp.text[:300])
+            other = (
+                {"kind": "partial", "lines": [{"sale_line_id": next(iter(left)), "quantity": 1}]}
+                if body["kind"] == "full"
+                else {"kind": "full"}
+            )
+            resp, _ = self.api.call(
+                "refund_conflict", "POST", path, json_body=other, headers={"Idempotency-Key": key}
+            )
+            if resp is not None and not (
+                resp.status_code == 409 and resp.json()["error"]["code"] == "idempotency_conflict"
+            ):
+                self.rec.violation(
+                    "idempotency_conflict_not_409",
+                    sale_id=state.sale_id,
+                    status=resp.status_code,
+                    body=resp.text[:300],
+                )
         self._push(0.5, "await_refund", state.sale_id, job_id, amounts)
 
 

@@ -35,6 +35,7 @@
 Prints a table and a JSON summary; exits 1 on any query error or any referenced metric name
 (or recording rule) without a series. Only processes and servers started here are stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,24 +60,41 @@ sys.path.insert(0, str(ROOT))
 
 from bench.stack import Proc, Stack, free_port, log  # noqa: E402
 from tests.test_monitoring import (  # noqa: E402
-    PROM, PROMETHEUS_BUILTINS, SNAPSHOT, dashboard_exprs, exposition_names, names_of, promql_metric_names,
-    read_snapshot, recording_names, rules,
+    PROM,
+    PROMETHEUS_BUILTINS,
+    SNAPSHOT,
+    dashboard_exprs,
+    exposition_names,
+    names_of,
+    promql_metric_names,
+    read_snapshot,
+    recording_names,
+    rules,
 )
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 INTERVAL = "2s"
 EXPORTER_INTERVAL = "5s"
-LOCAL_JOBS = {"stockflow-web": "web", "stockflow-worker": "worker", "celery-exporter": "celery-exporter"}
+LOCAL_JOBS = {
+    "stockflow-web": "web",
+    "stockflow-worker": "worker",
+    "celery-exporter": "celery-exporter",
+}
 # The worker of this run: a lock wait longer than 300 ms is a transient fault (LockNotAvailable,
 # retried); retries back off for at most 2 s (~1 s on average), 15 of them: a job in its backoff
 # rides out the ~4 s PostgreSQL outage, and running out of them takes ~20 s, not minutes.
 # JOB_MAX_ATTEMPTS (deliveries before a job is given up as a poison message, default 10) stays
 # above the retries, as by default (5 < 10): the retries, not the delivery cap, run out.
-WORKER_ENV = {"PGOPTIONS": "-c lock_timeout=300", "JOB_RETRY_BACKOFF_MAX_SECONDS": "2", "JOB_MAX_RETRIES": "15",
-              "JOB_MAX_ATTEMPTS": "20"}
+WORKER_ENV = {
+    "PGOPTIONS": "-c lock_timeout=300",
+    "JOB_RETRY_BACKOFF_MAX_SECONDS": "2",
+    "JOB_MAX_RETRIES": "15",
+    "JOB_MAX_ATTEMPTS": "20",
+}
 
 
 # --- Grafana -> PromQL ---------------------------------------------------------------------
+
 
 def grafana_to_promql(expr: str) -> str:
     """Grafana's interval variables as durations, any other $var as a match-all regex.
@@ -92,17 +110,26 @@ def grafana_to_promql(expr: str) -> str:
 
 # --- Prometheus config ---------------------------------------------------------------------
 
+
 def prometheus_config(ports: dict[str, int], prom_port: int, token_file: Path) -> dict:
     src = yaml.safe_load((PROM / "prometheus.yml").read_text())
     cfg = {
-        "global": {**src["global"], "scrape_interval": INTERVAL, "scrape_timeout": INTERVAL,
-                   "evaluation_interval": INTERVAL},
+        "global": {
+            **src["global"],
+            "scrape_interval": INTERVAL,
+            "scrape_timeout": INTERVAL,
+            "evaluation_interval": INTERVAL,
+        },
         "rule_files": [str((PROM / f).resolve()) for f in src["rule_files"]],
         "scrape_configs": [],
     }
     for job in src["scrape_configs"]:
         name = job["job_name"]
-        job = {k: v for k, v in job.items() if k not in ("file_sd_configs", "static_configs", "scrape_interval")}
+        job = {
+            k: v
+            for k, v in job.items()
+            if k not in ("file_sd_configs", "static_configs", "scrape_interval")
+        }
         if name in LOCAL_JOBS:
             target_file = PROM / "targets" / f"{LOCAL_JOBS[name]}.yml"
             labels = yaml.safe_load(target_file.read_text())[0].get("labels", {})
@@ -122,9 +149,12 @@ def prometheus_config(ports: dict[str, int], prom_port: int, token_file: Path) -
 
 # --- scripted load -------------------------------------------------------------------------
 
+
 class Load:
     def __init__(self, url: str, token: str):
-        self.c = httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"})
+        self.c = httpx.Client(
+            base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+        )
         self.anon = httpx.Client(base_url=url, timeout=30)
         self.codes: dict[str, dict[int, int]] = {}
 
@@ -150,31 +180,63 @@ class Load:
         skus[low] = 3
         for sku, qty in skus.items():
             self.req("product", "POST", "/api/products", json={"sku": sku, "name": sku})
-            self.req("receipt", "POST", "/api/receipts",
-                     json={"sku": sku, "location": "MAIN", "lot": f"L-{sku}", "expires_on": "2099-12-31", "quantity": qty})
+            self.req(
+                "receipt",
+                "POST",
+                "/api/receipts",
+                json={
+                    "sku": sku,
+                    "location": "MAIN",
+                    "lot": f"L-{sku}",
+                    "expires_on": "2099-12-31",
+                    "quantity": qty,
+                },
+            )
         ok_skus = [s for s in skus if s != low]
         jobs: list[tuple[int, str]] = []
         for i in range(sales):
-            short = i % 10 == 9  # every 10th sale wants more LOW stock than exists: insufficient_stock
-            lines = [{"sku": low, "quantity": 5, "unit_price": "1.00"}] if short else \
-                [{"sku": ok_skus[i % 3], "quantity": 2, "unit_price": "9.50"}]
-            r = self.req("sale create", "POST", "/api/sales", json={"number": f"S-{run}-{i}", "location": "MAIN", "lines": lines})
+            short = (
+                i % 10 == 9
+            )  # every 10th sale wants more LOW stock than exists: insufficient_stock
+            lines = (
+                [{"sku": low, "quantity": 5, "unit_price": "1.00"}]
+                if short
+                else [{"sku": ok_skus[i % 3], "quantity": 2, "unit_price": "9.50"}]
+            )
+            r = self.req(
+                "sale create",
+                "POST",
+                "/api/sales",
+                json={"number": f"S-{run}-{i}", "location": "MAIN", "lines": lines},
+            )
             if r.status_code != 201:
                 continue
             sale = r.json()["id"]
             key = f"pay-{run}-{i}"
-            r = self.req("pay", "POST", f"/api/sales/{sale}/transition", json={"to_status": "paid"},
-                         headers={"Idempotency-Key": key})
+            r = self.req(
+                "pay",
+                "POST",
+                f"/api/sales/{sale}/transition",
+                json={"to_status": "paid"},
+                headers={"Idempotency-Key": key},
+            )
             if r.status_code == 202:
                 jobs.append((sale, r.json()["job"]["id"]))
             if i % 25 == 0:  # the same key again: an idempotent replay
-                self.req("pay replay", "POST", f"/api/sales/{sale}/transition", json={"to_status": "paid"},
-                         headers={"Idempotency-Key": key})
+                self.req(
+                    "pay replay",
+                    "POST",
+                    f"/api/sales/{sale}/transition",
+                    json={"to_status": "paid"},
+                    headers={"Idempotency-Key": key},
+                )
         results: dict[str, int] = {}
         paid = []
         for sale, job_id in jobs:
             job = self.wait_job(job_id)
-            outcome = job.get("status", "?") + (f":{job['error']['code']}" if job.get("error") else "")
+            outcome = job.get("status", "?") + (
+                f":{job['error']['code']}" if job.get("error") else ""
+            )
             results[outcome] = results.get(outcome, 0) + 1
             if job.get("status") == "succeeded":
                 paid.append(sale)
@@ -182,37 +244,71 @@ class Load:
         refund_jobs = []
         for n, sale in enumerate(paid[:30]):
             key = f"refund-{run}-{n}"
-            r = self.req("refund", "POST", f"/api/sales/{sale}/refunds", json={"kind": "full"}, headers={"Idempotency-Key": key})
+            r = self.req(
+                "refund",
+                "POST",
+                f"/api/sales/{sale}/refunds",
+                json={"kind": "full"},
+                headers={"Idempotency-Key": key},
+            )
             if r.status_code == 202:
                 refund_jobs.append(r.json()["job"]["id"])
             if n % 3 == 0:  # same key, different body: idempotency conflict (409)
-                self.req("refund key conflict", "POST", f"/api/sales/{sale}/refunds",
-                         json={"kind": "partial", "lines": [{"sale_line_id": 1, "quantity": 1}]},
-                         headers={"Idempotency-Key": key})
+                self.req(
+                    "refund key conflict",
+                    "POST",
+                    f"/api/sales/{sale}/refunds",
+                    json={"kind": "partial", "lines": [{"sale_line_id": 1, "quantity": 1}]},
+                    headers={"Idempotency-Key": key},
+                )
         for job_id in refund_jobs:
             job = self.wait_job(job_id)
-            outcome = job.get("status", "?") + (f":{job['error']['code']}" if job.get("error") else "")
+            outcome = job.get("status", "?") + (
+                f":{job['error']['code']}" if job.get("error") else ""
+            )
             refund_results[outcome] = refund_results.get(outcome, 0) + 1
         over_jobs = []
         for n, sale in enumerate(paid[:10]):  # refunded in full already: over-refund
-            r = self.req("over-refund", "POST", f"/api/sales/{sale}/refunds", json={"kind": "full"},
-                         headers={"Idempotency-Key": f"again-{run}-{n}"})
+            r = self.req(
+                "over-refund",
+                "POST",
+                f"/api/sales/{sale}/refunds",
+                json={"kind": "full"},
+                headers={"Idempotency-Key": f"again-{run}-{n}"},
+            )
             if r.status_code == 202:
                 over_jobs.append(r.json()["job"]["id"])
         for job_id in over_jobs:
             job = self.wait_job(job_id)
-            outcome = "over-refund job " + job.get("status", "?") + (f":{job['error']['code']}" if job.get("error") else "")
+            outcome = (
+                "over-refund job "
+                + job.get("status", "?")
+                + (f":{job['error']['code']}" if job.get("error") else "")
+            )
             refund_results[outcome] = refund_results.get(outcome, 0) + 1
-        for n, sale in enumerate(paid[30:40]):  # partial refund beyond what was sold: over_refund (job fails)
+        for n, sale in enumerate(
+            paid[30:40]
+        ):  # partial refund beyond what was sold: over_refund (job fails)
             line = self.c.get(f"/api/sales/{sale}").json()["lines"][0]
-            r = self.req("over-refund partial", "POST", f"/api/sales/{sale}/refunds",
-                         json={"kind": "partial", "lines": [{"sale_line_id": line["id"], "quantity": line["quantity"] + 1}]},
-                         headers={"Idempotency-Key": f"over-{run}-{n}"})
+            r = self.req(
+                "over-refund partial",
+                "POST",
+                f"/api/sales/{sale}/refunds",
+                json={
+                    "kind": "partial",
+                    "lines": [{"sale_line_id": line["id"], "quantity": line["quantity"] + 1}],
+                },
+                headers={"Idempotency-Key": f"over-{run}-{n}"},
+            )
             if r.status_code == 202:
                 over_jobs.append(r.json()["job"]["id"])
         for job_id in over_jobs[-10:]:
             job = self.wait_job(job_id)
-            outcome = "over-refund partial job " + job.get("status", "?") + (f":{job['error']['code']}" if job.get("error") else "")
+            outcome = (
+                "over-refund partial job "
+                + job.get("status", "?")
+                + (f":{job['error']['code']}" if job.get("error") else "")
+            )
             refund_results[outcome] = refund_results.get(outcome, 0) + 1
         # Two partial refunds of everything, back to back: the second is normally refused at the
         # API (409 invalid_transition: the first job has already refunded the sale). The race in
@@ -222,20 +318,47 @@ class Load:
         for n, sale in enumerate(paid[40:50]):
             line = self.c.get(f"/api/sales/{sale}").json()["lines"][0]
             for k in range(2):
-                r = self.req("refund race", "POST", f"/api/sales/{sale}/refunds",
-                             json={"kind": "partial", "lines": [{"sale_line_id": line["id"], "quantity": line["quantity"]}]},
-                             headers={"Idempotency-Key": f"race-{run}-{n}-{k}"})
+                r = self.req(
+                    "refund race",
+                    "POST",
+                    f"/api/sales/{sale}/refunds",
+                    json={
+                        "kind": "partial",
+                        "lines": [{"sale_line_id": line["id"], "quantity": line["quantity"]}],
+                    },
+                    headers={"Idempotency-Key": f"race-{run}-{n}-{k}"},
+                )
                 if r.status_code == 202:
                     race_jobs.append(r.json()["job"]["id"])
         for job_id in race_jobs:
             job = self.wait_job(job_id)
-            outcome = "race job " + job.get("status", "?") + (f":{job['error']['code']}" if job.get("error") else "")
+            outcome = (
+                "race job "
+                + job.get("status", "?")
+                + (f":{job['error']['code']}" if job.get("error") else "")
+            )
             refund_results[outcome] = refund_results.get(outcome, 0) + 1
         # invalid first: it spends throttle budget too, so it must come before the budget is gone
-        self.req("lead invalid", "POST", "/public/leads", client=self.anon, json={"name": "", "email": "nope"})
+        self.req(
+            "lead invalid",
+            "POST",
+            "/public/leads",
+            client=self.anon,
+            json={"name": "", "email": "nope"},
+        )
         for n in range(8):  # 2/min per client: the rest are throttled (429)
-            self.req("lead", "POST", "/public/leads", client=self.anon,
-                     json={"name": f"Lead {n}", "email": f"lead{n}@example.com", "message": "hi", "source": "web"})
+            self.req(
+                "lead",
+                "POST",
+                "/public/leads",
+                client=self.anon,
+                json={
+                    "name": f"Lead {n}",
+                    "email": f"lead{n}@example.com",
+                    "message": "hi",
+                    "source": "web",
+                },
+            )
         for _ in range(3):  # other 4xx: 404, 401, 422
             self.req("404", "GET", "/api/sales/999999999")
             self.req("401", "GET", "/api/stock", client=self.anon)
@@ -245,6 +368,7 @@ class Load:
 
 
 # --- real failures, on this run's own servers ------------------------------------------------
+
 
 class Faults:
     """Failures that make the fault-path metrics real: Celery retries (celery_task_retries_total,
@@ -266,36 +390,64 @@ class Faults:
     def _stock(self, tag: str, qty: int = 20) -> int:
         sku = f"{tag}-{self.run}"
         self.load.req("product", "POST", "/api/products", json={"sku": sku, "name": sku})
-        r = self.load.req("receipt", "POST", "/api/receipts",
-                          json={"sku": sku, "location": "MAIN", "lot": f"L-{sku}", "expires_on": "2099-12-31",
-                                "quantity": qty})
+        r = self.load.req(
+            "receipt",
+            "POST",
+            "/api/receipts",
+            json={
+                "sku": sku,
+                "location": "MAIN",
+                "lot": f"L-{sku}",
+                "expires_on": "2099-12-31",
+                "quantity": qty,
+            },
+        )
         r.raise_for_status()
         self._sku = sku
         return r.json()["batch_id"]
 
     def _sale(self, number: str, qty: int) -> dict:
-        r = self.load.req("sale create", "POST", "/api/sales", json={
-            "number": f"{number}-{self.run}", "location": "MAIN",
-            "lines": [{"sku": self._sku, "quantity": qty, "unit_price": "5.00"}]})
+        r = self.load.req(
+            "sale create",
+            "POST",
+            "/api/sales",
+            json={
+                "number": f"{number}-{self.run}",
+                "location": "MAIN",
+                "lines": [{"sku": self._sku, "quantity": qty, "unit_price": "5.00"}],
+            },
+        )
         r.raise_for_status()
         return r.json()
 
     def _pay(self, sale: dict) -> str:
-        r = self.load.req("pay", "POST", f"/api/sales/{sale['id']}/transition", json={"to_status": "paid"},
-                          headers={"Idempotency-Key": f"pay-{sale['id']}-{self.run}"})
+        r = self.load.req(
+            "pay",
+            "POST",
+            f"/api/sales/{sale['id']}/transition",
+            json={"to_status": "paid"},
+            headers={"Idempotency-Key": f"pay-{sale['id']}-{self.run}"},
+        )
         r.raise_for_status()
         return r.json()["job"]["id"]
 
     def _refund(self, what: str, sale: dict, key: str, body: dict) -> str | None:
-        r = self.load.req(what, "POST", f"/api/sales/{sale['id']}/refunds", json=body,
-                          headers={"Idempotency-Key": f"{key}-{self.run}"})
+        r = self.load.req(
+            what,
+            "POST",
+            f"/api/sales/{sale['id']}/refunds",
+            json=body,
+            headers={"Idempotency-Key": f"{key}-{self.run}"},
+        )
         return r.json()["job"]["id"] if r.status_code == 202 else None
 
     def _hold_lock(self, batch_id: int) -> psycopg.Connection:
         """An open transaction holding the stock row's lock, as a long report query or a stuck
         admin session would: the job locks it after the sale and waits (lock_timeout)."""
         conn = psycopg.connect(self.db_url, application_name="monitoring-integration-lock")
-        conn.execute("SELECT 1 FROM inventory_stockonhand WHERE batch_id = %s FOR UPDATE", [batch_id])
+        conn.execute(
+            "SELECT 1 FROM inventory_stockonhand WHERE batch_id = %s FOR UPDATE", [batch_id]
+        )
         return conn
 
     @staticmethod
@@ -309,7 +461,9 @@ class Faults:
     def _wait_attempts(self, job_ids: list[str], n: int, timeout: float = 30) -> dict[str, int]:
         deadline = time.monotonic() + timeout
         while True:
-            attempts = {j: self.load.c.get(f"/api/jobs/{j}").json().get("attempts", 0) for j in job_ids}
+            attempts = {
+                j: self.load.c.get(f"/api/jobs/{j}").json().get("attempts", 0) for j in job_ids
+            }
             if all(a >= n for a in attempts.values()) or time.monotonic() > deadline:
                 return attempts
             time.sleep(0.1)
@@ -318,8 +472,11 @@ class Faults:
         out = []
         for j in job_ids:
             job = self.load.wait_job(j, timeout)
-            out.append(f"{job.get('status', '?')}" + (f":{job['error']['code']}" if job.get("error") else "")
-                       + f" (attempts {job.get('attempts')})")
+            out.append(
+                f"{job.get('status', '?')}"
+                + (f":{job['error']['code']}" if job.get("error") else "")
+                + f" (attempts {job.get('attempts')})"
+            )
         return out
 
     # the failures -------------------------------------------------------------------------------
@@ -337,16 +494,23 @@ class Faults:
         try:
             jobs = [self._pay(other)]
             for k in range(2):
-                j = self._refund("refund race (lock held)", sold, f"race-{k}",
-                                 {"kind": "partial", "lines": [{"sale_line_id": line["id"], "quantity": 2}]})
+                j = self._refund(
+                    "refund race (lock held)",
+                    sold,
+                    f"race-{k}",
+                    {"kind": "partial", "lines": [{"sale_line_id": line["id"], "quantity": 2}]},
+                )
                 if j:
                     jobs.append(j)
             attempts = self._wait_attempts(jobs, 2)
         finally:
             self._release(holder)
         self.report["a_lock_held_then_released"] = {
-            "paid_before": first.get("status"), "jobs": len(jobs), "attempts_while_locked": sorted(attempts.values()),
-            "outcomes": self._outcomes(jobs)}
+            "paid_before": first.get("status"),
+            "jobs": len(jobs),
+            "attempts_while_locked": sorted(attempts.values()),
+            "outcomes": self._outcomes(jobs),
+        }
 
     def retries_exhausted(self) -> None:
         """b. The lock stays until a sale.paid and a refund job run out of retries: both fail with
@@ -364,7 +528,10 @@ class Faults:
             outcomes = self._outcomes(jobs, timeout=120)
         finally:
             self._release(holder)
-        self.report["b_lock_held_until_retries_ran_out"] = {"paid_before": first.get("status"), "outcomes": outcomes}
+        self.report["b_lock_held_until_retries_ran_out"] = {
+            "paid_before": first.get("status"),
+            "outcomes": outcomes,
+        }
 
     # PostgreSQL outage --------------------------------------------------------------------------
 
@@ -378,16 +545,26 @@ class Faults:
         return proc
 
     def _start_postgres(self) -> None:
-        env = {k: v for k, v in self.stack.base_env.items() if k != "DATABASE_URL"}  # REDIS_URL set: left alone
+        env = {
+            k: v for k, v in self.stack.base_env.items() if k != "DATABASE_URL"
+        }  # REDIS_URL set: left alone
         deadline = time.monotonic() + 60
         while True:
-            proc = subprocess.run([sys.executable, "-m", "api.embedded", "start"], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(
+                [sys.executable, "-m", "api.embedded", "start"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             urls = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
             if proc.returncode == 0 and urls.get("DATABASE_URL") == self.db_url:
                 return
             if proc.returncode == 0 or time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL restart failed or moved: {urls} {proc.stderr[-500:]}")
+                raise RuntimeError(
+                    f"PostgreSQL restart failed or moved: {urls} {proc.stderr[-500:]}"
+                )
             time.sleep(0.5)  # right after shutdown the old processes may still be exiting
 
     def db_outage(self, down_s: float = 4.0) -> None:
@@ -401,22 +578,40 @@ class Faults:
         t0 = time.monotonic()
         answers = {}
         try:
-            postmaster.send_signal(signal.SIGINT)  # fast shutdown: sessions (our lock holder too) end
+            postmaster.send_signal(
+                signal.SIGINT
+            )  # fast shutdown: sessions (our lock holder too) end
             psutil.wait_procs([postmaster], timeout=30)
             self._release(holder)
             for what, method, path, kw in (
                 ("GET /api/stock", "GET", "/api/stock", {}),
-                ("POST /api/sales", "POST", "/api/sales", {"json": {
-                    "number": f"S-DOWN-{self.run}", "location": "MAIN",
-                    "lines": [{"sku": self._sku, "quantity": 1, "unit_price": "1.00"}]}}),
+                (
+                    "POST /api/sales",
+                    "POST",
+                    "/api/sales",
+                    {
+                        "json": {
+                            "number": f"S-DOWN-{self.run}",
+                            "location": "MAIN",
+                            "lines": [{"sku": self._sku, "quantity": 1, "unit_price": "1.00"}],
+                        }
+                    },
+                ),
                 ("GET /api/jobs/<id>", "GET", f"/api/jobs/{job}", {}),
                 ("GET /readyz", "GET", "/readyz", {}),
             ):
                 r = self.load.req(f"{what} (database down)", method, path, **kw)
-                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                body = (
+                    r.json()
+                    if r.headers.get("content-type", "").startswith("application/json")
+                    else {}
+                )
                 err = body.get("error") if isinstance(body.get("error"), dict) else {}
-                answers[what] = {"status": r.status_code, "code": err.get("code") or body.get("status"),
-                                 "retry_after": r.headers.get("Retry-After")}
+                answers[what] = {
+                    "status": r.status_code,
+                    "code": err.get("code") or body.get("status"),
+                    "retry_after": r.headers.get("Retry-After"),
+                }
             time.sleep(max(0.0, down_s - (time.monotonic() - t0)))
         finally:
             self._start_postgres()
@@ -425,13 +620,19 @@ class Faults:
         recovered = None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.load.req("GET /api/stock (after restart)", "GET", "/api/stock").status_code == 200:
+            if (
+                self.load.req("GET /api/stock (after restart)", "GET", "/api/stock").status_code
+                == 200
+            ):
                 recovered = round(time.monotonic() - t0, 1)
                 break
             time.sleep(0.5)
         self.report["c_postgres_outage"] = {
-            "down_s": down, "answers_while_down": answers, "api_ok_again_after_s": recovered,
-            "job_caught_in_it": self._outcomes([job], timeout=90)[0]}
+            "down_s": down,
+            "answers_while_down": answers,
+            "api_ok_again_after_s": recovered,
+            "job_caught_in_it": self._outcomes([job], timeout=90)[0],
+        }
 
     def redis_refuses_writes(self) -> None:
         """d. Redis at maxmemory (noeviction) while one public lead is submitted: the throttle's
@@ -444,21 +645,37 @@ class Faults:
         r.config_set("maxmemory-policy", "noeviction")
         r.config_set("maxmemory", "1")
         try:
-            resp = self.load.req("lead (Redis refusing writes)", "POST", "/public/leads", client=self.load.anon,
-                                 json={"name": "Lead", "email": "oom@example.com", "message": "hi", "source": "web"})
+            resp = self.load.req(
+                "lead (Redis refusing writes)",
+                "POST",
+                "/public/leads",
+                client=self.load.anon,
+                json={"name": "Lead", "email": "oom@example.com", "message": "hi", "source": "web"},
+            )
         finally:
             r.config_set("maxmemory", before["maxmemory"])
             r.config_set("maxmemory-policy", before["maxmemory-policy"])
-        body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
-        self.report["d_redis_refusing_writes"] = {"lead_status": resp.status_code,
-                                                  "code": (body.get("error") or {}).get("code")}
+        body = (
+            resp.json()
+            if resp.headers.get("content-type", "").startswith("application/json")
+            else {}
+        )
+        self.report["d_redis_refusing_writes"] = {
+            "lead_status": resp.status_code,
+            "code": (body.get("error") or {}).get("code"),
+        }
 
     def run_all(self) -> dict:
-        for step in (self.lock_retries, self.retries_exhausted, self.db_outage, self.redis_refuses_writes):
+        for step in (
+            self.lock_retries,
+            self.retries_exhausted,
+            self.db_outage,
+            self.redis_refuses_writes,
+        ):
             log(f"failure: {step.__doc__.split(chr(10))[0].strip()}")
             try:
                 step()
-            except Exception as exc:  # noqa: BLE001 - reported; missing metrics then fail the run
+            except Exception as exc:
                 self.report[step.__name__ + "_error"] = f"{type(exc).__name__}: {exc}"[:500]
                 log(f"failure step {step.__name__} broke: {exc}")
         return self.report
@@ -466,11 +683,12 @@ class Faults:
 
 # --- queries -------------------------------------------------------------------------------
 
+
 def query(prom: httpx.Client, expr: str) -> tuple[str, int, str]:
     try:
         r = prom.get("/api/v1/query", params={"query": expr})
         body = r.json()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return "error", 0, str(exc)
     if body.get("status") != "success":
         return "error", 0, f"{body.get('errorType')}: {body.get('error')}"
@@ -494,7 +712,16 @@ def evaluate(prom: httpx.Client) -> dict:
     rows, referenced = [], {}
     for kind, source, expr in exprs:
         status, n, err = query(prom, expr)
-        rows.append({"kind": kind, "source": source, "status": status, "series": n, "error": err, "expr": expr})
+        rows.append(
+            {
+                "kind": kind,
+                "source": source,
+                "status": status,
+                "series": n,
+                "error": err,
+                "expr": expr,
+            }
+        )
         for m in promql_metric_names(expr):
             referenced.setdefault(m, set()).add(source)
 
@@ -534,7 +761,11 @@ def exact_selectors(expr: str) -> set[str]:
     for name, body in _SELECTOR.findall(expr):
         if name in ("ALERTS", "ALERTS_FOR_STATE") or name in _NOT_SELECTORS:
             continue
-        exact = [f'{label}="{value}"' for label, op, value in _MATCHER.findall(body) if op == "=" and value]
+        exact = [
+            f'{label}="{value}"'
+            for label, op, value in _MATCHER.findall(body)
+            if op == "=" and value
+        ]
         if exact:
             out.add(f"{name}{{{', '.join(sorted(exact))}}}")
     return out
@@ -544,6 +775,7 @@ _NOT_SELECTORS = {"by", "without", "on", "ignoring", "group_left", "group_right"
 
 
 # --- the scraped-names snapshot ----------------------------------------------------------------
+
 
 def _kept(name: str, relabels: list[dict]) -> bool:
     """Whether a job's metric_relabel_configs keep a series of this name (name-only rules)."""
@@ -556,7 +788,9 @@ def _kept(name: str, relabels: list[dict]) -> bool:
     return True
 
 
-def observed_names(prom: httpx.Client, cfg: dict, targets: dict[str, tuple[str, dict]]) -> dict[str, tuple[dict, set]]:
+def observed_names(
+    prom: httpx.Client, cfg: dict, targets: dict[str, tuple[str, dict]]
+) -> dict[str, tuple[dict, set]]:
     """{target: ({family: type}, {sample name})} from a direct scrape of each target (`# TYPE`
     lines count: a labelled family with no child yet has no sample) and from the names
     Prometheus stored for its job over the whole run; both after the job's relabelling.
@@ -568,10 +802,15 @@ def observed_names(prom: httpx.Client, cfg: dict, targets: dict[str, tuple[str, 
         resp = httpx.get(url, headers=headers, timeout=30)
         resp.raise_for_status()
         types, samples = exposition_names(resp.text)
-        stored = prom.get("/api/v1/label/__name__/values", params={"match[]": f'{{job="{job}"}}'}).json()["data"]
+        stored = prom.get(
+            "/api/v1/label/__name__/values", params={"match[]": f'{{job="{job}"}}'}
+        ).json()["data"]
         samples |= set(stored) - PROMETHEUS_BUILTINS
         keep = relabels[job]
-        out[target] = ({n: k for n, k in types.items() if _kept(n, keep)}, {n for n in samples if _kept(n, keep)})
+        out[target] = (
+            {n: k for n, k in types.items() if _kept(n, keep)},
+            {n for n in samples if _kept(n, keep)},
+        )
     return out
 
 
@@ -600,7 +839,9 @@ def snapshot_text(observed: dict[str, tuple[dict, set]]) -> str:
 # the live expositions of a real web, worker and celery-exporter.
 #
 """
-    body = "\n".join(f"{t.ljust(w0)}  {src.ljust(6)}  {n.ljust(w2)}  {k}".rstrip() for t, src, n, k in rows)
+    body = "\n".join(
+        f"{t.ljust(w0)}  {src.ljust(6)}  {n.ljust(w2)}  {k}".rstrip() for t, src, n, k in rows
+    )
     return header + body + "\n"
 
 
@@ -624,7 +865,10 @@ def print_report(res: dict, load: dict) -> dict:
     w = max(len(r["source"]) for r in rows)
     print(f"\n{'source'.ljust(w)}  status  #series")
     for r in rows:
-        print(f"{r['source'].ljust(w)}  {r['status']:6}  {r['series']:7}" + (f"  {r['error']}" if r["error"] else ""))
+        print(
+            f"{r['source'].ljust(w)}  {r['status']:6}  {r['series']:7}"
+            + (f"  {r['error']}" if r["error"] else "")
+        )
     summary = {}
     for kind, label in (("rule", "rules"), ("alert", "alerts"), ("dashboard", "dashboards")):
         mine = [r for r in rows if r["kind"] == kind]
@@ -632,7 +876,9 @@ def print_report(res: dict, load: dict) -> dict:
         summary[f"{label}_error"] = sum(r["status"] != "ok" for r in mine)
         summary[f"{label}_nonempty"] = sum(r["status"] == "ok" and r["series"] > 0 for r in mine)
         summary[f"{label}_empty"] = sum(r["status"] == "ok" and r["series"] == 0 for r in mine)
-    summary["errors"] = [{"source": r["source"], "error": r["error"]} for r in rows if r["status"] != "ok"]
+    summary["errors"] = [
+        {"source": r["source"], "error": r["error"]} for r in rows if r["status"] != "ok"
+    ]
     summary["referenced_metric_names"] = len(res["referenced"])
     summary["missing_metrics"] = {m: sorted(res["referenced"][m]) for m in res["missing_raw"]}
     summary["missing_recorded_series"] = res["missing_recorded"]
@@ -647,6 +893,7 @@ def print_report(res: dict, load: dict) -> dict:
 def _ts(rfc3339: str) -> float:
     """Prometheus's lastEvaluation (RFC 3339, nanoseconds) as Unix time; 0 if never."""
     from datetime import datetime
+
     m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", rfc3339 or "")
     if not m or m.group(1).startswith("0001"):
         return 0.0
@@ -656,12 +903,18 @@ def _ts(rfc3339: str) -> float:
 
 # --- main ----------------------------------------------------------------------------------
 
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--keep-logs", type=Path, help="copy the process logs (and prometheus.yml) here")
+    ap.add_argument(
+        "--keep-logs", type=Path, help="copy the process logs (and prometheus.yml) here"
+    )
     ap.add_argument("--sales", type=int, default=100)
-    ap.add_argument("--write-snapshot", action="store_true",
-                    help=f"rewrite {SNAPSHOT.relative_to(ROOT)} from this run's scrapes (only if the run passes)")
+    ap.add_argument(
+        "--write-snapshot",
+        action="store_true",
+        help=f"rewrite {SNAPSHOT.relative_to(ROOT)} from this run's scrapes (only if the run passes)",
+    )
     args = ap.parse_args()
 
     stack = Stack(web_concurrency=2, web_threads=4, worker_concurrency=2)
@@ -683,35 +936,59 @@ def main() -> int:
         log(f"web {web_url}, worker metrics :{worker_port}")
 
         exporter_port = free_port()
-        env = dict(stack.base_env, CELERY_BROKER_URL=stack.urls["REDIS_URL"], EXPORTER_PORT=str(exporter_port),
-                   EXPORTER_ADDRESS="127.0.0.1")
+        env = dict(
+            stack.base_env,
+            CELERY_BROKER_URL=stack.urls["REDIS_URL"],
+            EXPORTER_PORT=str(exporter_port),
+            EXPORTER_ADDRESS="127.0.0.1",
+        )
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        exporter = Proc("celery-exporter", [str(ROOT / "bin" / "celery-exporter")], env,
-                        stack.logs / "celery-exporter.log").start()
+        exporter = Proc(
+            "celery-exporter",
+            [str(ROOT / "bin" / "celery-exporter")],
+            env,
+            stack.logs / "celery-exporter.log",
+        ).start()
         stack.procs["celery-exporter"] = exporter  # stopped by stack.close()
-        Stack._wait_http(exporter, f"http://127.0.0.1:{exporter_port}/")  # /metrics takes ~2s (inspect)
+        Stack._wait_http(
+            exporter, f"http://127.0.0.1:{exporter_port}/"
+        )  # /metrics takes ~2s (inspect)
         log(f"celery-exporter :{exporter_port}")
 
         prom_port = free_port()
-        ports = {"stockflow-web": int(web_url.rsplit(":", 1)[1]), "stockflow-worker": worker_port,
-                 "celery-exporter": exporter_port}
+        ports = {
+            "stockflow-web": int(web_url.rsplit(":", 1)[1]),
+            "stockflow-worker": worker_port,
+            "celery-exporter": exporter_port,
+        }
         cfg_path = stack.state / "prometheus.yml"
         cfg = prometheus_config(ports, prom_port, token_file)
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        check = subprocess.run(["promtool", "check", "config", str(cfg_path)], capture_output=True, text=True)
+        check = subprocess.run(
+            ["promtool", "check", "config", str(cfg_path)], capture_output=True, text=True
+        )
         if check.returncode:
             raise RuntimeError(f"generated config invalid:\n{check.stdout}{check.stderr}")
-        prometheus = Proc("prometheus", [PROMETHEUS, f"--config.file={cfg_path}",
-                                         f"--storage.tsdb.path={stack.state / 'tsdb'}",
-                                         f"--web.listen-address=127.0.0.1:{prom_port}"],
-                          dict(stack.base_env), stack.logs / "prometheus.log").start()
+        prometheus = Proc(
+            "prometheus",
+            [
+                PROMETHEUS,
+                f"--config.file={cfg_path}",
+                f"--storage.tsdb.path={stack.state / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            dict(stack.base_env),
+            stack.logs / "prometheus.log",
+        ).start()
         stack.procs["prometheus"] = prometheus
         prom_url = f"http://127.0.0.1:{prom_port}"
         Stack._wait_http(prometheus, prom_url + "/-/ready")
         prom = httpx.Client(base_url=prom_url, timeout=30)
         log(f"prometheus {prom_url} (config {cfg_path})")
 
-        time.sleep(5)  # a first scrape of every target before the load: counters start from a baseline
+        time.sleep(
+            5
+        )  # a first scrape of every target before the load: counters start from a baseline
         log("scripted load")
         loader = Load(web_url, api_token)
         load = loader.run(args.sales)
@@ -721,13 +998,22 @@ def main() -> int:
         log(f"failures done: {json.dumps(load['failures'])}")
         # The periodic ledger check (beat is not started here): one run feeds stockflow_ledger_*.
         celery = Path(sys.executable).parent / "celery"
-        sent = subprocess.run([str(celery), "-A", "workers.celery_app", "call", "stockflow.check_ledger"], cwd=ROOT,
-                              env={k: v for k, v in stack.base_env.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
-                              capture_output=True, text=True, timeout=60)
+        sent = subprocess.run(
+            [str(celery), "-A", "workers.celery_app", "call", "stockflow.check_ledger"],
+            cwd=ROOT,
+            env={k: v for k, v in stack.base_env.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         load["ledger_check_sent"] = sent.returncode == 0
         if sent.returncode:
-            log(f"celery call stockflow.check_ledger failed: {sent.stdout[-500:]}{sent.stderr[-1500:]}")
-        time.sleep(14)  # > 2 scrape + evaluation cycles (2s; the exporter 5s) after the last request
+            log(
+                f"celery call stockflow.check_ledger failed: {sent.stdout[-500:]}{sent.stderr[-1500:]}"
+            )
+        time.sleep(
+            14
+        )  # > 2 scrape + evaluation cycles (2s; the exporter 5s) after the last request
 
         # Groups with a long `interval` (1m) may last have been evaluated before the load: wait
         # (bounded) until every rule group has been evaluated after the last request.
@@ -740,34 +1026,59 @@ def main() -> int:
                 break
             time.sleep(2)
         load["rule_groups_not_evaluated_after_load"] = pending
-        verdict = prom.get("/api/v1/query", params={"query": "max(stockflow_ledger_violations)"}).json()
+        verdict = prom.get(
+            "/api/v1/query", params={"query": "max(stockflow_ledger_violations)"}
+        ).json()
         result = verdict.get("data", {}).get("result") or []
         load["ledger_violations_after_run"] = float(result[0]["value"][1]) if result else None
         # What the failures left in Prometheus, for the record.
         load["fault_series"] = {}
-        for expr in ('sum by (task, reason) (celery_task_retries_total)',
-                     'sum by (exception_type, location) (exceptions_total)',
-                     'sum by (reason) (sale_refund_rollback_total)',
-                     'sum by (result) (sales_paid_stock_consume_total{result="error"})',
-                     'sum by (type, result) (sale_refunds_total{result="error"})',
-                     'sum by (route, status) (http_requests_total{status=~"5.."})',
-                     'sum by (name, exception) (celery_task_failed_total) > 0',
-                     'sum by (name) (celery_task_retried_total)'):
-            data = prom.get("/api/v1/query", params={"query": expr}).json().get("data", {}).get("result", [])
-            load["fault_series"][expr] = {",".join(f"{k}={v}" for k, v in sorted(r["metric"].items())) or "{}":
-                                          float(r["value"][1]) for r in data}
+        for expr in (
+            "sum by (task, reason) (celery_task_retries_total)",
+            "sum by (exception_type, location) (exceptions_total)",
+            "sum by (reason) (sale_refund_rollback_total)",
+            'sum by (result) (sales_paid_stock_consume_total{result="error"})',
+            'sum by (type, result) (sale_refunds_total{result="error"})',
+            'sum by (route, status) (http_requests_total{status=~"5.."})',
+            "sum by (name, exception) (celery_task_failed_total) > 0",
+            "sum by (name) (celery_task_retried_total)",
+        ):
+            data = (
+                prom.get("/api/v1/query", params={"query": expr})
+                .json()
+                .get("data", {})
+                .get("result", [])
+            )
+            load["fault_series"][expr] = {
+                ",".join(f"{k}={v}" for k, v in sorted(r["metric"].items())) or "{}": float(
+                    r["value"][1]
+                )
+                for r in data
+            }
         targets = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
-        load["targets"] = {t["labels"]["job"]: t["health"] + (f" ({t['lastError']})" if t["lastError"] else "")
-                           for t in targets}
+        load["targets"] = {
+            t["labels"]["job"]: t["health"] + (f" ({t['lastError']})" if t["lastError"] else "")
+            for t in targets
+        }
         res = evaluate(prom)
-        observed = observed_names(prom, cfg, {
-            "stockflow-web": (f"{web_url}/metrics", {"Authorization": f"Bearer {metrics_token}"}),
-            "stockflow-worker": (f"http://127.0.0.1:{worker_port}/metrics", {}),
-            "celery-exporter": (f"http://127.0.0.1:{exporter_port}/metrics", {}),
-        })
-        res["snapshot"] = {"file": str(SNAPSHOT.relative_to(ROOT)), "written": False,
-                           "names": {t: len(names_of(*v)) for t, v in observed.items()},
-                           "drift_from_committed": snapshot_drift(observed)}
+        observed = observed_names(
+            prom,
+            cfg,
+            {
+                "stockflow-web": (
+                    f"{web_url}/metrics",
+                    {"Authorization": f"Bearer {metrics_token}"},
+                ),
+                "stockflow-worker": (f"http://127.0.0.1:{worker_port}/metrics", {}),
+                "celery-exporter": (f"http://127.0.0.1:{exporter_port}/metrics", {}),
+            },
+        )
+        res["snapshot"] = {
+            "file": str(SNAPSHOT.relative_to(ROOT)),
+            "written": False,
+            "names": {t: len(names_of(*v)) for t, v in observed.items()},
+            "drift_from_committed": snapshot_drift(observed),
+        }
         errors = sum(r["status"] != "ok" for r in res["rows"])
         rc = 1 if errors or res["missing_raw"] or res["missing_recorded"] else 0
         if args.write_snapshot and rc == 0:

@@ -1,4 +1,5 @@
 """Celery tasks: load ids, call one service, record the outcome."""
+
 import structlog
 from celery import Task
 from django.conf import settings
@@ -41,8 +42,12 @@ class JobTask(Task):
 @app.task(bind=True, base=JobTask, name=RUN_JOB_TASK)
 def run_job(self, job_id: str):
     context = structlog.contextvars.get_contextvars()
-    sentry.tag(request_id=context.get("request_id"), job_id=job_id, celery_task=self.name,
-               job_kind=context.get("job_kind"))
+    sentry.tag(
+        request_id=context.get("request_id"),
+        job_id=job_id,
+        celery_task=self.name,
+        job_kind=context.get("job_kind"),
+    )
     try:
         jobs.run(job_id, HANDLERS)
     except Exception as exc:
@@ -69,6 +74,10 @@ def check_ledger():
     violations = sum(len(rows) for rows in report.violations.values())
     exposition.record_ledger_check(violations)
     log = logger.error if violations else logger.info
-    log("ledger.checked", violations=violations, unfinished_jobs=report.unfinished_jobs,
-        failed_checks=[name for name, rows in report.violations.items() if rows])
+    log(
+        "ledger.checked",
+        violations=violations,
+        unfinished_jobs=report.unfinished_jobs,
+        failed_checks=[name for name, rows in report.violations.items() if rows],
+    )
     return violations

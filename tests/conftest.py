@@ -1,5 +1,6 @@
 """Fixtures for the real stack: PostgreSQL (test database), Redis, a Celery worker
 *process* (prefork), the API served over HTTP by pytest-django's live server."""
+
 import os
 import signal
 import socket
@@ -41,8 +42,11 @@ class WorkerProcess:
         env.setdefault("WORKER_METRICS_PORT", "0")
         self.proc = subprocess.Popen(
             [str(ROOT / "bin" / "worker")],
-            cwd=ROOT, env=_subprocess_env(WORKER_NAME=name, WORKER_CONCURRENCY=concurrency, **env),
-            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=_subprocess_env(WORKER_NAME=name, WORKER_CONCURRENCY=concurrency, **env),
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._wait_ready()
 
@@ -60,7 +64,9 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def child_pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout
         return [int(p) for p in out.split()]
 
     def stop(self):
@@ -80,10 +86,18 @@ class WebProcess:
         self.port = _free_port()
         self.log = tmp_path / f"web-{name}.log"
         self.proc = subprocess.Popen(
-            [str(ROOT / "bin" / "web")], cwd=ROOT, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-            env=_subprocess_env(PORT=self.port, WEB_CONCURRENCY=1, BIND_HOST="127.0.0.1",
-                                PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"prom-web-{name}"),
-                                METRICS_TOKEN="test-metrics-token", **env),
+            [str(ROOT / "bin" / "web")],
+            cwd=ROOT,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env=_subprocess_env(
+                PORT=self.port,
+                WEB_CONCURRENCY=1,
+                BIND_HOST="127.0.0.1",
+                PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"prom-web-{name}"),
+                METRICS_TOKEN="test-metrics-token",
+                **env,
+            ),
             start_new_session=True,
         )
         self.url = f"http://127.0.0.1:{self.port}"
@@ -99,7 +113,6 @@ class WebProcess:
     def stop(self):
         os.killpg(self.proc.pid, 15)
         self.proc.wait(timeout=20)
-
 
 
 def _free_port() -> int:

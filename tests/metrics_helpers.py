@@ -1,4 +1,5 @@
 """Scrape and read Prometheus expositions in tests."""
+
 import re
 import shutil
 import subprocess
@@ -6,8 +7,7 @@ import subprocess
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-
-from tests.conftest import _free_port as free_port  # noqa: E402,F401
+from tests.conftest import _free_port as free_port  # noqa: F401
 
 
 def scrape(url: str, token: str | None = None) -> str:
@@ -32,17 +32,41 @@ def value(parsed: dict, name: str, **labels) -> float:
 
 def promtool_check(text: str) -> str:
     promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: run monitoring/install-tools.sh (Debian package 'prometheus')"
-    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert promtool, (
+        "promtool is missing: run monitoring/install-tools.sh (Debian package 'prometheus')"
+    )
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
 
 ALLOWED_LABELS = {
-    "route", "method", "status", "exception_type", "location", "from_status", "to_status", "result", "type",
-    "reason", "scope", "kind", "code", "task", "outcome", "le", "quantile",
+    "route",
+    "method",
+    "status",
+    "exception_type",
+    "location",
+    "from_status",
+    "to_status",
+    "result",
+    "type",
+    "reason",
+    "scope",
+    "kind",
+    "code",
+    "task",
+    "outcome",
+    "le",
+    "quantile",
     # prometheus-client's own process/platform collectors (single-process mode only)
-    "generation", "implementation", "major", "minor", "patchlevel", "version",
+    "generation",
+    "implementation",
+    "major",
+    "minor",
+    "patchlevel",
+    "version",
 }
 _SUSPICIOUS = [
     re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I),  # UUID
@@ -58,7 +82,9 @@ def cardinality_problems(parsed: dict) -> list[str]:
         for label, val in labels:
             if label not in ALLOWED_LABELS:
                 problems.append(f"{name}: label {label!r} not in the allow-list")
-            if label in ("le", "quantile") or (label == "status" and re.fullmatch(r"[1-5]\d\d", val)):
+            if label in ("le", "quantile") or (
+                label == "status" and re.fullmatch(r"[1-5]\d\d", val)
+            ):
                 continue
             if any(p.search(val) for p in _SUSPICIOUS):
                 problems.append(f"{name}: {label}={val!r} looks like an id, e-mail or raw path")

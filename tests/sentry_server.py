@@ -8,6 +8,7 @@ can run the real sentry-sdk transport and look at exactly what it would have sen
 Only POST /api/<project>/envelope/ is served. Bodies may be gzip- or brotli-encoded
 (Content-Encoding); each envelope is kept raw (decoded bytes) and parsed into items.
 """
+
 import json
 import threading
 import time
@@ -74,9 +75,9 @@ def parse_envelope(data: bytes) -> Envelope:
         item_headers = json.loads(line)
         length = item_headers.get("length")
         if length is not None:
-            payload = data[pos:pos + length]
+            payload = data[pos : pos + length]
             pos += length
-            if data[pos:pos + 1] == b"\n":
+            if data[pos : pos + 1] == b"\n":
                 pos += 1
         else:
             newline = data.find(b"\n", pos)
@@ -91,7 +92,7 @@ def parse_envelope(data: bytes) -> Envelope:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # the SDK keeps its connection open
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         server: SentryServer = self.server.owner
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if not (self.path.startswith("/api/") and self.path.rstrip("/").endswith("/envelope")):
@@ -128,7 +129,9 @@ class SentryServer:
         self._lock = threading.Lock()
         self._envelopes: list[Envelope] = []
         self.errors: list[str] = []
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="sentry-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="sentry-server", daemon=True
+        )
 
     # lifecycle
     def start(self) -> "SentryServer":

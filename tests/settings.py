@@ -3,10 +3,11 @@
 Tests use the test database pytest-django creates (test_<name>) and their own Redis
 database number, so `make test` never touches what `make run` is serving.
 """
+
 import os
 import re
 
-from api.settings import *  # noqa: F401,F403
+from api.settings import *  # noqa: F403
 from api.settings import DATABASES, REDIS_URL
 
 TEST_REDIS_DB = int(os.environ.get("STOCKFLOW_TEST_REDIS_DB", "9"))

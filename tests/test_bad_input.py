@@ -1,5 +1,6 @@
 """Bad input over real HTTP: the right status and error code, the one error shape, a
 request id on every answer, never a 500, and nothing written to the database."""
+
 import socket
 import uuid
 from urllib.parse import urlparse
@@ -21,8 +22,21 @@ def worker(module_worker):
 def snapshot() -> dict:
     """Row counts of everything the API can write, plus the state that could change in place."""
     return {
-        "counts": {m.__name__: m.objects.count()
-                   for m in (Product, Location, Batch, StockOnHand, Sale, SaleLine, Job, StockMove, Refund, RefundLine)},
+        "counts": {
+            m.__name__: m.objects.count()
+            for m in (
+                Product,
+                Location,
+                Batch,
+                StockOnHand,
+                Sale,
+                SaleLine,
+                Job,
+                StockMove,
+                Refund,
+                RefundLine,
+            )
+        },
         "on_hand": dict(StockOnHand.objects.values_list("batch_id", "quantity")),
         "sales": dict(Sale.objects.values_list("id", "status")),
         "jobs": dict(Job.objects.values_list("id", "status")),
@@ -52,7 +66,7 @@ def fields(err: dict) -> set[str]:
     for d in err.get("details") or []:
         name = d["field"]
         while name.startswith("body."):
-            name = name[len("body."):]
+            name = name[len("body.") :]
         names.add(name)
     return names
 
@@ -78,7 +92,11 @@ def shop(client):
     return {"sale": s, "line": s["lines"][0]["id"]}
 
 
-GOOD_SALE = {"number": "S-NEW", "location": "MAIN", "lines": [{"sku": "BAD", "quantity": 1, "unit_price": "9.99"}]}
+GOOD_SALE = {
+    "number": "S-NEW",
+    "location": "MAIN",
+    "lines": [{"sku": "BAD", "quantity": 1, "unit_price": "9.99"}],
+}
 
 
 def line(**overrides) -> dict:
@@ -92,12 +110,26 @@ def test_malformed_json_is_400(client, shop):
     before = snapshot()
     sid = shop["sale"]["id"]
     json_ct = {"Content-Type": "application/json"}
-    each([b'{"number": "S-1", ', b"not json", b"\xff\xfe\x00", b"{}}", b"[1, 2"],
-         lambda raw: assert_error(client.post("/api/sales", content=raw, headers=json_ct), 400, "malformed_request"))
-    assert_error(client.post(f"/api/sales/{sid}/transition", content=b"{to_status: paid}", headers=json_ct),
-                 400, "malformed_request")
-    assert_error(client.post(f"/api/sales/{sid}/refunds", content=b"{'kind': 'full'}",
-                             headers=json_ct | {"Idempotency-Key": "k"}), 400, "malformed_request")
+    each(
+        [b'{"number": "S-1", ', b"not json", b"\xff\xfe\x00", b"{}}", b"[1, 2"],
+        lambda raw: assert_error(
+            client.post("/api/sales", content=raw, headers=json_ct), 400, "malformed_request"
+        ),
+    )
+    assert_error(
+        client.post(f"/api/sales/{sid}/transition", content=b"{to_status: paid}", headers=json_ct),
+        400,
+        "malformed_request",
+    )
+    assert_error(
+        client.post(
+            f"/api/sales/{sid}/refunds",
+            content=b"{'kind': 'full'}",
+            headers=json_ct | {"Idempotency-Key": "k"},
+        ),
+        400,
+        "malformed_request",
+    )
     # An empty body is not JSON either: 400, or 422 "body required"; never a 500.
     r = client.post("/api/sales", content=b"", headers=json_ct)
     assert r.status_code in (400, 422), r.text
@@ -109,23 +141,23 @@ def test_malformed_json_is_400(client, shop):
 
 
 SALE_CASES = [
-        (line(quantity="5"), "lines.0.quantity"),            # string quantity
-        (line(quantity=1.5), "lines.0.quantity"),
-        (line(quantity=True), "lines.0.quantity"),
-        (line(unit_price=9.99), "lines.0.unit_price"),       # number, not a decimal string
-        (line(unit_price="9.999"), "lines.0.unit_price"),
-        (line(unit_price="-1.00"), "lines.0.unit_price"),
-        (line(unit_price="NaN"), "lines.0.unit_price"),
-        (line(sku=None), "lines.0.sku"),
-        (line(sku="has space"), "lines.0.sku"),
-        (line(quantity=0), "lines.0.quantity"),              # zero / negative quantities
-        (line(quantity=-3), "lines.0.quantity"),
-        (line(quantity=10**30), "lines.0.quantity"),
-        (GOOD_SALE | {"lines": []}, "lines"),
-        (GOOD_SALE | {"lines": "BAD"}, "lines"),
-        (GOOD_SALE | {"number": 12}, "number"),
-        (GOOD_SALE | {"number": "x" * 65}, "number"),
-        ({k: v for k, v in GOOD_SALE.items() if k != "location"}, "location"),
+    (line(quantity="5"), "lines.0.quantity"),  # string quantity
+    (line(quantity=1.5), "lines.0.quantity"),
+    (line(quantity=True), "lines.0.quantity"),
+    (line(unit_price=9.99), "lines.0.unit_price"),  # number, not a decimal string
+    (line(unit_price="9.999"), "lines.0.unit_price"),
+    (line(unit_price="-1.00"), "lines.0.unit_price"),
+    (line(unit_price="NaN"), "lines.0.unit_price"),
+    (line(sku=None), "lines.0.sku"),
+    (line(sku="has space"), "lines.0.sku"),
+    (line(quantity=0), "lines.0.quantity"),  # zero / negative quantities
+    (line(quantity=-3), "lines.0.quantity"),
+    (line(quantity=10**30), "lines.0.quantity"),
+    (GOOD_SALE | {"lines": []}, "lines"),
+    (GOOD_SALE | {"lines": "BAD"}, "lines"),
+    (GOOD_SALE | {"number": 12}, "number"),
+    (GOOD_SALE | {"number": "x" * 65}, "number"),
+    ({k: v for k, v in GOOD_SALE.items() if k != "location"}, "location"),
 ]
 
 
@@ -152,13 +184,19 @@ def test_a_body_that_is_not_an_object_is_422(client, shop):
 
 
 RECEIPT_CASES = [
-        ({"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": 0}, "quantity"),
-        ({"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": -1}, "quantity"),
-        ({"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": "3"}, "quantity"),
-        ({"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": 3, "expires_on": "tomorrow"}, "expires_on"),
-        ({"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": 3, "expires_on": "2025-02-30"}, "expires_on"),
-        ({"sku": "BAD", "location": "MAIN", "quantity": 3}, "lot"),
-        ({"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": 10**7}, "quantity"),
+    ({"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": 0}, "quantity"),
+    ({"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": -1}, "quantity"),
+    ({"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": "3"}, "quantity"),
+    (
+        {"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": 3, "expires_on": "tomorrow"},
+        "expires_on",
+    ),
+    (
+        {"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": 3, "expires_on": "2025-02-30"},
+        "expires_on",
+    ),
+    ({"sku": "BAD", "location": "MAIN", "quantity": 3}, "lot"),
+    ({"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": 10**7}, "quantity"),
 ]
 
 
@@ -175,20 +213,43 @@ def test_bad_receipts_are_422(client, shop):
 
 def test_bad_products_are_422_and_duplicates_409(client, shop):
     before = snapshot()
-    assert "sku" in fields(assert_error(client.post("/api/products", json={"sku": "", "name": "x"}), 422, "validation_error"))
-    assert "name" in fields(assert_error(client.post("/api/products", json={"sku": "NEW", "name": 5}), 422, "validation_error"))
-    assert_error(client.post("/api/products", json={"sku": "BAD", "name": "again"}), 409, "conflict")
+    assert "sku" in fields(
+        assert_error(
+            client.post("/api/products", json={"sku": "", "name": "x"}), 422, "validation_error"
+        )
+    )
+    assert "name" in fields(
+        assert_error(
+            client.post("/api/products", json={"sku": "NEW", "name": 5}), 422, "validation_error"
+        )
+    )
+    assert_error(
+        client.post("/api/products", json={"sku": "BAD", "name": "again"}), 409, "conflict"
+    )
     assert snapshot() == before
 
 
 def test_bad_receipts_for_unknown_sku_or_conflicting_lot_write_nothing(client, shop):
     before = snapshot()
     # Unknown sku: not even the (new) location is created.
-    assert_error(client.post("/api/receipts", json={"sku": "NOPE", "location": "NEW-LOC", "lot": "X", "quantity": 1}),
-                 422, "unknown_sku")
+    assert_error(
+        client.post(
+            "/api/receipts", json={"sku": "NOPE", "location": "NEW-LOC", "lot": "X", "quantity": 1}
+        ),
+        422,
+        "unknown_sku",
+    )
     # An existing lot with another expiry is a conflict, not a silent merge.
-    r = client.post("/api/receipts", json={"sku": "BAD", "location": "MAIN", "lot": "L1", "quantity": 1,
-                                           "expires_on": "2099-01-01"})
+    r = client.post(
+        "/api/receipts",
+        json={
+            "sku": "BAD",
+            "location": "MAIN",
+            "lot": "L1",
+            "quantity": 1,
+            "expires_on": "2099-01-01",
+        },
+    )
     assert_error(r, 409, "conflict")
     assert snapshot() == before
 
@@ -196,12 +257,24 @@ def test_bad_receipts_for_unknown_sku_or_conflicting_lot_write_nothing(client, s
 def test_nul_characters_are_client_errors_not_500(client, shop):
     """PostgreSQL cannot store NUL in text: it must be refused as input, not crash the request."""
     before = snapshot()
-    each([
-        ("product name", lambda: client.post("/api/products", json={"sku": "NUL", "name": "a\u0000b"})),
-        ("stock filter", lambda: client.get("/api/stock", params={"sku": "a\u0000b"})),
-        ("stock location filter", lambda: client.get("/api/stock", params={"location": "\u0000"})),
-        ("sale number", lambda: client.post("/api/sales", json=GOOD_SALE | {"number": "S\u0000"})),
-    ], lambda what, send: client_error(send()))
+    each(
+        [
+            (
+                "product name",
+                lambda: client.post("/api/products", json={"sku": "NUL", "name": "a\u0000b"}),
+            ),
+            ("stock filter", lambda: client.get("/api/stock", params={"sku": "a\u0000b"})),
+            (
+                "stock location filter",
+                lambda: client.get("/api/stock", params={"location": "\u0000"}),
+            ),
+            (
+                "sale number",
+                lambda: client.post("/api/sales", json=GOOD_SALE | {"number": "S\u0000"}),
+            ),
+        ],
+        lambda what, send: client_error(send()),
+    )
     assert snapshot() == before
 
 
@@ -217,10 +290,14 @@ def test_an_oversized_body_is_a_client_error_not_500(client, shop):
 
 def test_unknown_sku_or_location_on_sale_is_422_and_a_duplicate_number_409(client, shop):
     before = snapshot()
-    body = GOOD_SALE | {"lines": [GOOD_SALE["lines"][0], {"sku": "NOPE", "quantity": 1, "unit_price": "1.00"}]}
+    body = GOOD_SALE | {
+        "lines": [GOOD_SALE["lines"][0], {"sku": "NOPE", "quantity": 1, "unit_price": "1.00"}]
+    }
     err = assert_error(client.post("/api/sales", json=body), 422, "unknown_sku")
     assert "NOPE" in err["message"]
-    assert_error(client.post("/api/sales", json=GOOD_SALE | {"location": "NOWHERE"}), 422, "unknown_location")
+    assert_error(
+        client.post("/api/sales", json=GOOD_SALE | {"location": "NOWHERE"}), 422, "unknown_location"
+    )
     assert_error(client.post("/api/sales", json=GOOD_SALE | {"number": "S-BAD"}), 409, "conflict")
     assert snapshot() == before
 
@@ -229,40 +306,65 @@ def test_bad_transition_bodies_are_422(client, shop):
     before = snapshot()
 
     def check(body):
-        err = assert_error(client.post(f"/api/sales/{shop['sale']['id']}/transition", json=body), 422, "validation_error")
+        err = assert_error(
+            client.post(f"/api/sales/{shop['sale']['id']}/transition", json=body),
+            422,
+            "validation_error",
+        )
         assert "to_status" in fields(err), err
 
-    each([{"to_status": "refunded"}, {"to_status": "draft"}, {"to_status": "PAID"}, {"to_status": None}, {},
-          {"status": "paid"}], check)
+    each(
+        [
+            {"to_status": "refunded"},
+            {"to_status": "draft"},
+            {"to_status": "PAID"},
+            {"to_status": None},
+            {},
+            {"status": "paid"},
+        ],
+        check,
+    )
     assert snapshot() == before
 
 
 REFUND_CASES = [
-        {"kind": "partial"},
-        {"kind": "partial", "lines": []},
-        {"kind": "full", "lines": [{"sale_line_id": 1, "quantity": 1}]},
-        {"kind": "some"},
-        {"kind": "partial", "lines": [{"sale_line_id": 1, "quantity": 0}]},
-        {"kind": "partial", "lines": [{"sale_line_id": 1, "quantity": -1}]},
-        {"kind": "partial", "lines": [{"sale_line_id": "1", "quantity": 1}]},
-        {"kind": "partial", "lines": [{"sale_line_id": 2**70, "quantity": 1}]},
-        {"kind": "partial", "lines": {"sale_line_id": 1, "quantity": 1}},
-        {"lines": [{"sale_line_id": 1, "quantity": 1}]},
+    {"kind": "partial"},
+    {"kind": "partial", "lines": []},
+    {"kind": "full", "lines": [{"sale_line_id": 1, "quantity": 1}]},
+    {"kind": "some"},
+    {"kind": "partial", "lines": [{"sale_line_id": 1, "quantity": 0}]},
+    {"kind": "partial", "lines": [{"sale_line_id": 1, "quantity": -1}]},
+    {"kind": "partial", "lines": [{"sale_line_id": "1", "quantity": 1}]},
+    {"kind": "partial", "lines": [{"sale_line_id": 2**70, "quantity": 1}]},
+    {"kind": "partial", "lines": {"sale_line_id": 1, "quantity": 1}},
+    {"lines": [{"sale_line_id": 1, "quantity": 1}]},
 ]
 
 
 def test_bad_refund_bodies_are_422(client, shop):
     before = snapshot()
-    each(REFUND_CASES, lambda body: assert_error(
-        client.post(f"/api/sales/{shop['sale']['id']}/refunds", json=body, headers={"Idempotency-Key": "k"}),
-        422, "validation_error"))
+    each(
+        REFUND_CASES,
+        lambda body: assert_error(
+            client.post(
+                f"/api/sales/{shop['sale']['id']}/refunds",
+                json=body,
+                headers={"Idempotency-Key": "k"},
+            ),
+            422,
+            "validation_error",
+        ),
+    )
     assert snapshot() == before
 
 
 def test_too_long_header_or_query_values_are_422(client, shop):
     before = snapshot()
-    r = client.post(f"/api/sales/{shop['sale']['id']}/transition", json={"to_status": "paid"},
-                    headers={"Idempotency-Key": "k" * 129})
+    r = client.post(
+        f"/api/sales/{shop['sale']['id']}/transition",
+        json={"to_status": "paid"},
+        headers={"Idempotency-Key": "k" * 129},
+    )
     assert_error(r, 422, "validation_error")
     assert_error(client.get("/api/stock", params={"sku": "x" * 65}), 422, "validation_error")
     assert snapshot() == before
@@ -276,15 +378,40 @@ def test_unknown_sale_job_or_path_is_404(client, shop):
 
     def check(sale_id):
         assert_error(client.get(f"/api/sales/{sale_id}"), 404, "not_found")
-        assert_error(client.post(f"/api/sales/{sale_id}/transition", json={"to_status": "paid"}), 404, "not_found")
-        assert_error(client.post(f"/api/sales/{sale_id}/transition", json={"to_status": "cancelled"}), 404, "not_found")
-        assert_error(client.post(f"/api/sales/{sale_id}/refunds", json={"kind": "full"},
-                                 headers={"Idempotency-Key": "k"}), 404, "not_found")
+        assert_error(
+            client.post(f"/api/sales/{sale_id}/transition", json={"to_status": "paid"}),
+            404,
+            "not_found",
+        )
+        assert_error(
+            client.post(f"/api/sales/{sale_id}/transition", json={"to_status": "cancelled"}),
+            404,
+            "not_found",
+        )
+        assert_error(
+            client.post(
+                f"/api/sales/{sale_id}/refunds",
+                json={"kind": "full"},
+                headers={"Idempotency-Key": "k"},
+            ),
+            404,
+            "not_found",
+        )
 
-    each([987654321, 2**63 - 1, 2**63, 10**30], check)  # beyond bigint too: 404, not a database error
+    each(
+        [987654321, 2**63 - 1, 2**63, 10**30], check
+    )  # beyond bigint too: 404, not a database error
     assert_error(client.get(f"/api/jobs/{uuid.uuid4()}"), 404, "not_found")
-    each(["/api/sales/abc", "/api/sales/-1", "/api/jobs/not-a-uuid", "/api/nothing-here", "/nothing-here"],
-         lambda path: assert_error(client.get(path), 404, "not_found"))
+    each(
+        [
+            "/api/sales/abc",
+            "/api/sales/-1",
+            "/api/jobs/not-a-uuid",
+            "/api/nothing-here",
+            "/nothing-here",
+        ],
+        lambda path: assert_error(client.get(path), 404, "not_found"),
+    )
     assert snapshot() == before
 
 
@@ -299,28 +426,43 @@ def test_unknown_sale_line_and_transitions_from_a_wrong_status(client, worker, s
     other = sale(client, "S-OTHER", [("BAD", 1)])  # a real line, but of another sale
     before = snapshot()
     for line_id in (987654321, other["lines"][0]["id"]):
-        r = client.post(f"/api/sales/{sid}/refunds", json={"kind": "partial", "lines": [{"sale_line_id": line_id, "quantity": 1}]},
-                        headers={"Idempotency-Key": f"k-{line_id}"})
+        r = client.post(
+            f"/api/sales/{sid}/refunds",
+            json={"kind": "partial", "lines": [{"sale_line_id": line_id, "quantity": 1}]},
+            headers={"Idempotency-Key": f"k-{line_id}"},
+        )
         assert_error(r, 422, "unknown_sale_line")
     assert snapshot() == before
 
     # paid -> anything by hand: 409 invalid_transition.
     for to in ("pending", "cancelled", "paid"):
-        assert_error(client.post(f"/api/sales/{sid}/transition", json={"to_status": to}), 409, "invalid_transition")
+        assert_error(
+            client.post(f"/api/sales/{sid}/transition", json={"to_status": to}),
+            409,
+            "invalid_transition",
+        )
     assert snapshot() == before
 
     c = sale(client, "S-CANCEL", [("BAD", 1)])
     ok(client.post(f"/api/sales/{c['id']}/transition", json={"to_status": "cancelled"}), 200)
     before = snapshot()
     for to in ("paid", "pending", "cancelled"):
-        assert_error(client.post(f"/api/sales/{c['id']}/transition", json={"to_status": to}), 409, "invalid_transition")
+        assert_error(
+            client.post(f"/api/sales/{c['id']}/transition", json={"to_status": to}),
+            409,
+            "invalid_transition",
+        )
     assert snapshot() == before
     assert ok(client.get(f"/api/sales/{c['id']}"), 200)["status"] == "cancelled"
 
     p = sale(client, "S-PENDING", [("BAD", 1)])
     ok(client.post(f"/api/sales/{p['id']}/transition", json={"to_status": "pending"}), 200)
     before = snapshot()
-    assert_error(client.post(f"/api/sales/{p['id']}/transition", json={"to_status": "pending"}), 409, "invalid_transition")
+    assert_error(
+        client.post(f"/api/sales/{p['id']}/transition", json={"to_status": "pending"}),
+        409,
+        "invalid_transition",
+    )
     assert snapshot() == before
 
 
@@ -337,18 +479,37 @@ def test_missing_or_invalid_token_is_401(anon_client, token, shop):
             anon_client.get(f"/api/sales/{sid}", headers=headers),
             anon_client.get(f"/api/jobs/{uuid.uuid4()}", headers=headers),
             anon_client.post("/api/products", json={"sku": "ANON", "name": "x"}, headers=headers),
-            anon_client.post("/api/receipts", json={"sku": "BAD", "location": "MAIN", "lot": "ANON", "quantity": 5},
-                             headers=headers),
+            anon_client.post(
+                "/api/receipts",
+                json={"sku": "BAD", "location": "MAIN", "lot": "ANON", "quantity": 5},
+                headers=headers,
+            ),
             anon_client.post("/api/sales", json=GOOD_SALE, headers=headers),
-            anon_client.post(f"/api/sales/{sid}/transition", json={"to_status": "cancelled"}, headers=headers),
-            anon_client.post(f"/api/sales/{sid}/transition", json={"to_status": "paid"}, headers=headers),
-            anon_client.post(f"/api/sales/{sid}/refunds", json={"kind": "full"}, headers=headers | {"Idempotency-Key": "k"}),
+            anon_client.post(
+                f"/api/sales/{sid}/transition", json={"to_status": "cancelled"}, headers=headers
+            ),
+            anon_client.post(
+                f"/api/sales/{sid}/transition", json={"to_status": "paid"}, headers=headers
+            ),
+            anon_client.post(
+                f"/api/sales/{sid}/refunds",
+                json={"kind": "full"},
+                headers=headers | {"Idempotency-Key": "k"},
+            ),
         ):
             assert_error(r, 401, "unauthorized")
             assert r.headers["WWW-Authenticate"].startswith("Bearer"), r.headers
 
-    each([{}, {"Authorization": "Bearer sf_wrong"}, {"Authorization": "Basic dXNlcjpwdw=="},
-          {"Authorization": token}, {"Authorization": f"Bearer {token}x"}], check)
+    each(
+        [
+            {},
+            {"Authorization": "Bearer sf_wrong"},
+            {"Authorization": "Basic dXNlcjpwdw=="},
+            {"Authorization": token},
+            {"Authorization": f"Bearer {token}x"},
+        ],
+        check,
+    )
     assert snapshot() == before
 
 
@@ -369,18 +530,33 @@ def test_a_sane_request_id_is_echoed_and_an_insane_one_replaced_by_a_uuid(client
     rid = "req-" + uuid.uuid4().hex
     r = client.get("/api/stock", headers={"X-Request-ID": rid})
     assert r.status_code == 200 and r.headers["X-Request-ID"] == rid
-    err = assert_error(client.get("/api/sales/987654321", headers={"X-Request-ID": rid}), 404, "not_found")
+    err = assert_error(
+        client.get("/api/sales/987654321", headers={"X-Request-ID": rid}), 404, "not_found"
+    )
     assert err["request_id"] == rid
 
     def check(rid):
         r = client.get("/api/stock", headers={"X-Request-ID": rid})
         assert r.status_code == 200
         uuid.UUID(r.headers["X-Request-ID"])
-        err = assert_error(client.get("/api/sales/987654321", headers={"X-Request-ID": rid}), 404, "not_found")
+        err = assert_error(
+            client.get("/api/sales/987654321", headers={"X-Request-ID": rid}), 404, "not_found"
+        )
         uuid.UUID(err["request_id"])
 
-    each(["x" * 500, "a" * 129, "has spaces in it", "semi;colon;inject", "<script>alert(1)</script>",
-          "caf\u00e9-caf\u00e9-caf\u00e9".encode(), "short", '{"json":"inject"}'], check)
+    each(
+        [
+            "x" * 500,
+            "a" * 129,
+            "has spaces in it",
+            "semi;colon;inject",
+            "<script>alert(1)</script>",
+            "caf\u00e9-caf\u00e9-caf\u00e9".encode(),
+            "short",
+            '{"json":"inject"}',
+        ],
+        check,
+    )
 
 
 def raw_request(live_server, request: bytes) -> bytes:
@@ -397,12 +573,17 @@ def raw_request(live_server, request: bytes) -> bytes:
 def test_a_request_id_with_a_line_break_is_replaced(live_server, token, shop):
     response = raw_request(
         live_server,
-        b"GET /api/stock HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer " + token.encode()
+        b"GET /api/stock HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer "
+        + token.encode()
         + b"\r\nX-Request-ID: abcdefgh-1234\r\n injected-log-line: yes\r\nConnection: close\r\n\r\n",
     )
     head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1")
     assert not head.startswith("HTTP/1.0 5") and not head.startswith("HTTP/1.1 5"), head
-    rid = [l.split(":", 1)[1].strip() for l in head.split("\r\n") if l.lower().startswith("x-request-id:")]
+    rid = [
+        l.split(":", 1)[1].strip()
+        for l in head.split("\r\n")
+        if l.lower().startswith("x-request-id:")
+    ]
     assert len(rid) == 1, head
     uuid.UUID(rid[0])
 
@@ -412,26 +593,54 @@ def test_a_request_id_with_a_line_break_is_replaced(live_server, token, shop):
 
 JUNK = [
     {"number": {"nested": True}, "location": ["MAIN"], "lines": [{}]},
-    {"number": "S-J", "location": "MAIN", "lines": [{"sku": "BAD", "quantity": 1, "unit_price": "1.00"}] * 101},
+    {
+        "number": "S-J",
+        "location": "MAIN",
+        "lines": [{"sku": "BAD", "quantity": 1, "unit_price": "1.00"}] * 101,
+    },
     {"number": "S-J", "location": "MAIN", "lines": [None]},
-    {"number": "\u0000", "location": "MAIN", "lines": [{"sku": "BAD", "quantity": 1, "unit_price": "1.00"}]},
-    {"number": "S-J", "location": "MAIN", "lines": [{"sku": "\U0001F600", "quantity": 1, "unit_price": "1.00"}]},
-    {"number": "S-J", "location": "MAIN", "lines": [{"sku": "BAD", "quantity": 1, "unit_price": "1" * 40}]},
-    {"number": "S-J", "location": "MAIN", "lines": [{"sku": "BAD", "quantity": 1, "unit_price": "1.00", "x": 1}] * 0},
+    {
+        "number": "\u0000",
+        "location": "MAIN",
+        "lines": [{"sku": "BAD", "quantity": 1, "unit_price": "1.00"}],
+    },
+    {
+        "number": "S-J",
+        "location": "MAIN",
+        "lines": [{"sku": "\U0001f600", "quantity": 1, "unit_price": "1.00"}],
+    },
+    {
+        "number": "S-J",
+        "location": "MAIN",
+        "lines": [{"sku": "BAD", "quantity": 1, "unit_price": "1" * 40}],
+    },
+    {
+        "number": "S-J",
+        "location": "MAIN",
+        "lines": [{"sku": "BAD", "quantity": 1, "unit_price": "1.00", "x": 1}] * 0,
+    },
 ]
 
 
 def client_error(r):
     assert 400 <= r.status_code < 500, f"{r.status_code}: {r.text}"
-    assert r.headers["content-type"].startswith("application/json"), f"{r.status_code} {r.headers}: {r.text}"
+    assert r.headers["content-type"].startswith("application/json"), (
+        f"{r.status_code} {r.headers}: {r.text}"
+    )
     assert_error(r, r.status_code, r.json()["error"]["code"])
 
 
 def test_junk_bodies_and_content_types_are_client_errors_never_500(client, shop):
     before = snapshot()
     each(JUNK, lambda body: client_error(client.post("/api/sales", json=body)))
-    each(["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
-         lambda ct: client_error(client.post("/api/sales", content=b"number=S-J&location=MAIN", headers={"Content-Type": ct})))
+    each(
+        ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+        lambda ct: client_error(
+            client.post(
+                "/api/sales", content=b"number=S-J&location=MAIN", headers={"Content-Type": ct}
+            )
+        ),
+    )
     assert snapshot() == before
 
 
@@ -445,6 +654,13 @@ def test_wrong_method_is_a_json_client_error(client, shop):
         assert "Allow" in r.headers
         client_error(r)
 
-    each([("DELETE", f"/api/sales/{shop['sale']['id']}"), ("GET", "/api/products"), ("PUT", "/api/sales"),
-          ("GET", f"/api/sales/{shop['sale']['id']}/transition")], check)
+    each(
+        [
+            ("DELETE", f"/api/sales/{shop['sale']['id']}"),
+            ("GET", "/api/products"),
+            ("PUT", "/api/sales"),
+            ("GET", f"/api/sales/{shop['sale']['id']}/transition"),
+        ],
+        check,
+    )
     assert snapshot() == before

@@ -4,6 +4,7 @@ A smoke test, not a timed one: the sizes are tiny and nothing here asserts speed
 bench starts its own embedded PostgreSQL/Redis in a temp dir and its own web/worker
 processes, so this test touches neither the suite's servers nor its database.
 """
+
 import json
 import subprocess
 import sys
@@ -15,7 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_quick_prints_json_summary(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--results-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(proc.stdout)  # stdout is exactly one JSON document
@@ -47,10 +51,18 @@ def test_bench_quick_prints_json_summary(tmp_path):
     assert hot["hot_sku_stock"]["oversold"] == 0
     assert all(v == 0 for r in ("hot", "spread") for v in hot[r]["deadlocks"].values())
     assert res["ledger"]["clean"] is True
-    assert res["oversell"] == {"on_hand_not_negative": 0, "on_hand_equals_moves": 0, "hot_sku_oversold_units": 0}
+    assert res["oversell"] == {
+        "on_hand_not_negative": 0,
+        "on_hand_equals_moves": 0,
+        "hot_sku_oversold_units": 0,
+    }
 
     obs = res["observability"]
-    assert obs["e2e_jobs_per_s_on"] > 0 and obs["e2e_jobs_per_s_off"] > 0 and isinstance(obs["cost"], float)
+    assert (
+        obs["e2e_jobs_per_s_on"] > 0
+        and obs["e2e_jobs_per_s_off"] > 0
+        and isinstance(obs["cost"], float)
+    )
 
     stm = res["statements_per_paid_job"]
     assert stm["accept_path_web"]["per_job"] > 0 and stm["job_path_worker"]["per_job"] > 0
@@ -69,8 +81,13 @@ def test_bench_quick_prints_json_summary(tmp_path):
 def test_bench_cpu_measures_both_paths_in_both_modes():
     """`python -m bench.cpu` (the lever figures of bench/README.md): every timed job
     succeeded (the child asserts it) and each (path, mode) has a CPU figure."""
-    proc = subprocess.run([sys.executable, "-m", "bench.cpu", "-n", "5"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cpu", "-n", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(proc.stdout)
     for path in ("accept", "job"):

@@ -2,6 +2,7 @@
 what the Procfile runs, every mounted file exists, every service has a healthcheck (or
 says why not), depends_on waits on conditions, and the monitoring configs, secrets and
 .env.example agree with it. No database needed."""
+
 import os
 import re
 from pathlib import Path
@@ -11,8 +12,10 @@ import pytest
 try:
     import yaml
 except ImportError:  # pragma: no cover
-    pytest.fail("PyYAML is missing: add `pyyaml` to the test extras in pyproject.toml and re-lock",
-                pytrace=False)
+    pytest.fail(
+        "PyYAML is missing: add `pyyaml` to the test extras in pyproject.toml and re-lock",
+        pytrace=False,
+    )
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"
@@ -20,8 +23,19 @@ COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 MON = ROOT / "monitoring"
 
-SERVICES = {"postgres", "redis", "migrate", "web", "worker", "beat", "flower", "celery-exporter",
-            "prometheus", "alertmanager", "grafana"}
+SERVICES = {
+    "postgres",
+    "redis",
+    "migrate",
+    "web",
+    "worker",
+    "beat",
+    "flower",
+    "celery-exporter",
+    "prometheus",
+    "alertmanager",
+    "grafana",
+}
 # Procfile commands compose runs from an upstream image instead: command -> service
 # (checked in test_celery_exporter_matches_bin_celery_exporter).
 PROCFILE_FROM_OTHER_IMAGE = {"bin/celery-exporter": "celery-exporter"}
@@ -83,7 +97,9 @@ def mounts(service) -> list[tuple[str, str]]:
 
 def container_to_host(service, container_path: str) -> Path | None:
     for source, target in mounts(service):
-        if source.startswith(".") and (container_path == target or container_path.startswith(target + "/")):
+        if source.startswith(".") and (
+            container_path == target or container_path.startswith(target + "/")
+        ):
             return host_path(source) / os.path.relpath(container_path, target)
     return None
 
@@ -105,8 +121,9 @@ def test_stockflow_services_run_the_procfile_entry_points(services):
             assert command in DJANGO_COMMANDS or own, f"{name}: unknown manage.py command {command}"
             continue
         script = ROOT / cmd[0]
-        assert cmd[0].startswith("bin/") and script.is_file() and os.access(script, os.X_OK), \
+        assert cmd[0].startswith("bin/") and script.is_file() and os.access(script, os.X_OK), (
             f"{name}: command {cmd} is not an executable bin/ script"
+        )
         joined = " ".join(cmd)
         assert joined in by_command, f"{name}: `{joined}` is not a Procfile entry ({proc})"
         assert by_command[joined] == name, f"{name}: runs the Procfile entry `{by_command[joined]}`"
@@ -131,12 +148,15 @@ def test_celery_exporter_matches_bin_celery_exporter(services):
     assert image == "danihodovic/celery-exporter" and tag, exporter["image"]
     lock = ROOT / "exporter/requirements.lock"
     if lock.exists():
-        assert f"prometheus-exporter-celery=={tag}\n" in lock.read_text(), \
+        assert f"prometheus-exporter-celery=={tag}\n" in lock.read_text(), (
             "compose's exporter image and exporter/requirements.lock disagree on the version"
+        )
     args = " ".join(command_list(exporter))
     # kombu restores unacked messages older than the consumer's visibility timeout:
     # the exporter must use the workers' value (api/settings.py).
-    default = re.search(r'env_int\("CELERY_VISIBILITY_TIMEOUT", (\d+)\)', (ROOT / "api/settings.py").read_text())
+    default = re.search(
+        r'env_int\("CELERY_VISIBILITY_TIMEOUT", (\d+)\)', (ROOT / "api/settings.py").read_text()
+    )
     assert default, "api/settings.py no longer reads CELERY_VISIBILITY_TIMEOUT"
     assert f"visibility_timeout=${{CELERY_VISIBILITY_TIMEOUT:-{default.group(1)}}}" in args
     for flag in ("--accept-content=json", "--retry-interval="):
@@ -164,7 +184,9 @@ def test_depends_on_waits_on_conditions(services):
             assert condition in CONDITIONS, f"{name} -> {dep}: condition {condition!r}"
             target = services[dep]
             if condition == "service_healthy":
-                assert target.get("healthcheck"), f"{name} waits for {dep} to be healthy; it has no healthcheck"
+                assert target.get("healthcheck"), (
+                    f"{name} waits for {dep} to be healthy; it has no healthcheck"
+                )
             if condition == "service_completed_successfully":
                 assert target.get("restart") == "no", f"{dep} is waited for as a one-shot job"
     for name in ("web", "worker", "beat"):
@@ -203,10 +225,14 @@ def test_grafana_and_prometheus_configs_point_at_compose(services):
     provider = yaml.safe_load((MON / "grafana/provisioning/dashboards/stockflow.yml").read_text())
     for p in provider["providers"]:
         local = container_to_host(grafana, p["options"]["path"])
-        assert local and list(local.glob("*.json")), f"dashboard path {p['options']['path']} is not mounted"
+        assert local and list(local.glob("*.json")), (
+            f"dashboard path {p['options']['path']} is not mounted"
+        )
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert container_to_host(grafana, home).is_file()
-    datasource = yaml.safe_load((MON / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    datasource = yaml.safe_load(
+        (MON / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
     url = datasource["datasources"][0]["url"]
     assert url == "http://prometheus:9090"
 
@@ -229,31 +255,43 @@ def test_scrape_targets_are_compose_services_on_their_ports(services):
             for target in group["targets"]:
                 host, _, port = target.partition(":")
                 assert host in services, f"{path.name}: {host} is not a compose service"
-                assert port in _ports_of(services[host]), f"{path.name}: {host} does not listen on {port}"
+                assert port in _ports_of(services[host]), (
+                    f"{path.name}: {host} does not listen on {port}"
+                )
     worker_env = services["worker"]["environment"]
-    assert worker_env["WORKER_METRICS_ADDR"] == "0.0.0.0", "the worker's metrics must be reachable on the network"
+    assert worker_env["WORKER_METRICS_ADDR"] == "0.0.0.0", (
+        "the worker's metrics must be reachable on the network"
+    )
 
 
 def test_secrets_are_declared_mounted_and_templated(compose, services):
     declared = compose["secrets"]
     example = env_example()
     for name, spec in declared.items():
-        assert spec.get("environment") in example, f"secret {name}: variable missing from .env.example"
+        assert spec.get("environment") in example, (
+            f"secret {name}: variable missing from .env.example"
+        )
     users = {
         "prometheus": (MON / "prometheus/prometheus.yml").read_text(),
         "alertmanager": (MON / "alertmanager/alertmanager.yml").read_text(),
     }
     for name, service in services.items():
-        text = users.get(name, "") + " ".join(str(v) for v in service.get("environment", {}).values())
+        text = users.get(name, "") + " ".join(
+            str(v) for v in service.get("environment", {}).values()
+        )
         for secret in set(re.findall(r"/run/secrets/(\w+)", text)):
             assert secret in declared, f"{name} reads undeclared secret {secret}"
-            assert secret in service.get("secrets", []), f"{name} reads secret {secret} it does not mount"
+            assert secret in service.get("secrets", []), (
+                f"{name} reads secret {secret} it does not mount"
+            )
 
 
 def test_env_example_covers_compose_and_holds_no_secrets(services):
     example = env_example()
     used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
-    assert used <= set(example), f"compose uses variables .env.example lacks: {sorted(used - set(example))}"
+    assert used <= set(example), (
+        f"compose uses variables .env.example lacks: {sorted(used - set(example))}"
+    )
     for name, service in services.items():
         for env_file in service.get("env_file", []):
             path = env_file["path"] if isinstance(env_file, dict) else env_file
@@ -261,6 +299,8 @@ def test_env_example_covers_compose_and_holds_no_secrets(services):
     assert ".env" in (ROOT / ".gitignore").read_text().split()
     for key, value in example.items():
         if re.search(r"PASSWORD|TOKEN|SECRET|_KEY$|WEBHOOK|DSN|BASIC_AUTH", key):
-            assert value == "" or "change-me" in value, f".env.example {key} looks like a real secret"
+            assert value == "" or "change-me" in value, (
+                f".env.example {key} looks like a real secret"
+            )
     # Prometheus scrapes the web by its service name: Django must accept that host.
     assert "web" in example["DJANGO_ALLOWED_HOSTS"].split(",")

@@ -1,5 +1,6 @@
 """Many concurrent callers, one real prefork worker, real PostgreSQL row locks:
 no oversell, FEFO under contention, no deadlocks, a clean ledger."""
+
 import io
 import re
 import time
@@ -20,8 +21,11 @@ THREADS = 16  # the live server is threaded; stay well under PostgreSQL's connec
 
 def create_sales(client, pool, prefix: str, line_sets: list[list[tuple[str, int]]]) -> list[dict]:
     def create(i):
-        body = {"number": f"{prefix}-{i}", "location": "MAIN",
-                "lines": [{"sku": sku, "quantity": q, "unit_price": "1.00"} for sku, q in line_sets[i]]}
+        body = {
+            "number": f"{prefix}-{i}",
+            "location": "MAIN",
+            "lines": [{"sku": sku, "quantity": q, "unit_price": "1.00"} for sku, q in line_sets[i]],
+        }
         return ok(client.post("/api/sales", json=body), 201)
 
     return list(pool.map(create, range(len(line_sets))))
@@ -50,7 +54,11 @@ def wait_all(job_ids: list[str], timeout: float = 120) -> dict[str, Job]:
 
 def assert_ledger_consistent():
     """Invariant 1 computed here independently, then the project's own check_ledger."""
-    sums = dict(StockMove.objects.values("batch_id").annotate(s=Sum("quantity")).values_list("batch_id", "s"))
+    sums = dict(
+        StockMove.objects.values("batch_id")
+        .annotate(s=Sum("quantity"))
+        .values_list("batch_id", "s")
+    )
     for batch_id, qty in StockOnHand.objects.values_list("batch_id", "quantity"):
         assert qty >= 0, (batch_id, qty)
         assert sums.get(batch_id, 0) == qty, (batch_id, qty, sums.get(batch_id))
@@ -66,8 +74,14 @@ def test_flash_sale_sells_exactly_the_sellable_stock_fefo(client, worker):
 
     # The 200 sales are created through the domain service (creation is not under test and
     # 200 more HTTP round trips would double the test's time); paying them goes through HTTP.
-    sales = [{"id": create_sale(f"FLASH-{i}", "MAIN", [{"sku": "FLASH", "quantity": 1, "unit_price": "1.00"}]).pk}
-             for i in range(200)]
+    sales = [
+        {
+            "id": create_sale(
+                f"FLASH-{i}", "MAIN", [{"sku": "FLASH", "quantity": 1, "unit_price": "1.00"}]
+            ).pk
+        }
+        for i in range(200)
+    ]
     with ThreadPoolExecutor(THREADS) as pool:
         job_ids = pay_all(client, pool, sales)
     assert len(set(job_ids)) == 200
@@ -90,7 +104,7 @@ def test_flash_sale_sells_exactly_the_sellable_stock_fefo(client, worker):
     # Every succeeded sale is paid with exactly one 1-unit move; every failed one is untouched.
     moves = list(StockMove.objects.filter(kind="SALE_OUT").select_related("batch", "sale_line"))
     assert len(moves) == 100 and all(m.quantity == -1 for m in moves)
-    assert Counter(m.batch.lot for m in moves) == {lot: 20 for lot in expiries}
+    assert Counter(m.batch.lot for m in moves) == dict.fromkeys(expiries, 20)
     succeeded_sales = {j.sale_id for j in jobs.values() if j.status == "succeeded"}
     assert {m.sale_line.sale_id for m in moves} == succeeded_sales
     assert {m.job_id for m in moves} == {j.pk for j in jobs.values() if j.status == "succeeded"}
@@ -103,7 +117,11 @@ def test_flash_sale_sells_exactly_the_sellable_stock_fefo(client, worker):
     by_move_order = [m.batch.expires_on for m in sorted(moves, key=lambda m: m.pk)]
     assert by_move_order == sorted(by_move_order)
     expiry_of_job = {m.job_id: m.batch.expires_on for m in moves}
-    by_finish = [expiry_of_job[j.pk] for j in sorted(jobs.values(), key=lambda j: j.finished_at) if j.status == "succeeded"]
+    by_finish = [
+        expiry_of_job[j.pk]
+        for j in sorted(jobs.values(), key=lambda j: j.finished_at)
+        if j.status == "succeeded"
+    ]
     assert by_finish == sorted(by_finish)
     # And all 100 sellable failures came after the stock ran out.
     last_success = max(j.finished_at for j in jobs.values() if j.status == "succeeded")
@@ -127,9 +145,12 @@ def test_opposite_line_orders_do_not_deadlock(client, worker_factory):
     jobs = wait_all(job_ids)
 
     assert Counter(j.status for j in jobs.values()) == {"succeeded": 40}, Counter(
-        (j.status, j.error_code) for j in jobs.values())
+        (j.status, j.error_code) for j in jobs.values()
+    )
     assert {j.error_code for j in jobs.values()} == {""}
-    assert Counter(j.attempts for j in jobs.values()) == {1: 40}, "a retry means a deadlock or other fault"
+    assert Counter(j.attempts for j in jobs.values()) == {1: 40}, (
+        "a retry means a deadlock or other fault"
+    )
     log = w.log()
     assert not re.search("deadlock", log, re.IGNORECASE), log[-3000:]
     assert on_hand(client, "PA") == {"PA-EARLY": 0, "PA-LATE": 20}
@@ -139,18 +160,38 @@ def test_opposite_line_orders_do_not_deadlock(client, worker_factory):
     assert_ledger_consistent()
 
 
-def test_cancel_while_payment_is_queued_never_leaves_a_cancelled_sale_with_stock_out(client, worker_factory):
+def test_cancel_while_payment_is_queued_never_leaves_a_cancelled_sale_with_stock_out(
+    client, worker_factory
+):
     """Sales are cancelled while their payment jobs wait in the queue. Either way the end
     state is consistent: cancelled with no stock moved (the job fails `invalid_transition`),
     or paid (the cancel was refused with 409)."""
     product(client, "RACE")
     receive(client, "RACE", "A", 10, 30)
-    sales = [ok(client.post("/api/sales", json={"number": f"R-{i}", "location": "MAIN", "lines": [
-        {"sku": "RACE", "quantity": 1, "unit_price": "1.00"}]}), 201) for i in range(6)]
+    sales = [
+        ok(
+            client.post(
+                "/api/sales",
+                json={
+                    "number": f"R-{i}",
+                    "location": "MAIN",
+                    "lines": [{"sku": "RACE", "quantity": 1, "unit_price": "1.00"}],
+                },
+            ),
+            201,
+        )
+        for i in range(6)
+    ]
     with ThreadPoolExecutor(THREADS) as pool:
         job_ids = pay_all(client, pool, sales)  # no worker yet: all queued
-        cancels = list(pool.map(
-            lambda s: client.post(f"/api/sales/{s['id']}/transition", json={"to_status": "cancelled"}), sales))
+        cancels = list(
+            pool.map(
+                lambda s: client.post(
+                    f"/api/sales/{s['id']}/transition", json={"to_status": "cancelled"}
+                ),
+                sales,
+            )
+        )
     worker_factory()
     jobs = wait_all(job_ids)
 
@@ -161,7 +202,10 @@ def test_cancel_while_payment_is_queued_never_leaves_a_cancelled_sale_with_stock
         if cancel.status_code == 200:
             assert sale_row.status == "cancelled"
             assert moves == 0
-            assert (job.status, job.error_code) == ("failed", "invalid_transition"), (job.status, job.error_code)
+            assert (job.status, job.error_code) == ("failed", "invalid_transition"), (
+                job.status,
+                job.error_code,
+            )
         else:
             assert cancel.status_code == 409, cancel.text
             assert sale_row.status == "paid" and moves == 1 and job.status == "succeeded"

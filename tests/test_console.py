@@ -7,6 +7,7 @@ to PASS and to FAIL, and one test runs the real stack (API + Celery worker proce
 Every test uses `transactional_db`: the ledger check runs its own REPEATABLE READ
 transaction (BEGIN/COMMIT), which must not sit inside a test's wrapping transaction.
 """
+
 import datetime
 import html
 import itertools
@@ -38,8 +39,12 @@ _seq = itertools.count(1)
 def make_staff(username="ops", superuser=True):
     User = get_user_model()
     if superuser:
-        return User.objects.create_superuser(username, f"{username}@example.invalid", STAFF_PASSWORD)
-    return User.objects.create_user(username, f"{username}@example.invalid", STAFF_PASSWORD, is_staff=True)
+        return User.objects.create_superuser(
+            username, f"{username}@example.invalid", STAFF_PASSWORD
+        )
+    return User.objects.create_user(
+        username, f"{username}@example.invalid", STAFF_PASSWORD, is_staff=True
+    )
 
 
 def staff_client(user=None) -> Client:
@@ -57,8 +62,12 @@ def batch(sku: str, lot: str, quantity: int, expires_in_days: int | None, loc="M
     p = Product.objects.get_or_create(sku=sku, defaults={"name": f"Product {sku}"})[0]
     today = timezone.now().date()
     b = Batch.objects.create(
-        product=p, location=location(loc), lot=lot,
-        expires_on=None if expires_in_days is None else today + datetime.timedelta(days=expires_in_days),
+        product=p,
+        location=location(loc),
+        lot=lot,
+        expires_on=None
+        if expires_in_days is None
+        else today + datetime.timedelta(days=expires_in_days),
     )
     StockOnHand.objects.create(batch=b, quantity=quantity)
     if quantity:
@@ -73,16 +82,33 @@ def a_sale(sku="SKU-J") -> Sale:
     return s
 
 
-def job(sale: Sale, status: str, *, kind=Job.Kind.SALE_PAID, code="", attempts=1, age_min=5.0,
-        finished_after_s=1.0, request_id=None, message="") -> Job:
+def job(
+    sale: Sale,
+    status: str,
+    *,
+    kind=Job.Kind.SALE_PAID,
+    code="",
+    attempts=1,
+    age_min=5.0,
+    finished_after_s=1.0,
+    request_id=None,
+    message="",
+) -> Job:
     """A job row as the outbox leaves it: created `age_min` minutes ago."""
     now = timezone.now()
     created = now - datetime.timedelta(minutes=age_min)
     terminal = status in (Job.Status.SUCCEEDED, Job.Status.FAILED)
     return Job.objects.create(
-        kind=kind, sale=sale, payload={}, fingerprint=uuid.uuid4().hex, status=status, attempts=attempts,
-        error_code=code, error_message=message or (f"{code} happened" if code else ""),
-        request_id=request_id or f"req-{uuid.uuid4().hex[:12]}", created_at=created,
+        kind=kind,
+        sale=sale,
+        payload={},
+        fingerprint=uuid.uuid4().hex,
+        status=status,
+        attempts=attempts,
+        error_code=code,
+        error_message=message or (f"{code} happened" if code else ""),
+        request_id=request_id or f"req-{uuid.uuid4().hex[:12]}",
+        created_at=created,
         started_at=created if status != Job.Status.QUEUED else None,
         finished_at=created + datetime.timedelta(seconds=finished_after_s) if terminal else None,
         lease_expires_at=created + datetime.timedelta(seconds=30),
@@ -95,9 +121,20 @@ def jobs_bulk(n: int, status: str, *, code="", attempts=1, age_min=5.0):
     now = timezone.now()
     created = now - datetime.timedelta(minutes=age_min)
     Job.objects.bulk_create(
-        Job(kind=Job.Kind.SALE_PAID, sale=s, payload={}, fingerprint=uuid.uuid4().hex, status=status,
-            attempts=attempts, error_code=code, request_id="bulk", created_at=created, started_at=created,
-            finished_at=created + datetime.timedelta(seconds=1), lease_expires_at=created)
+        Job(
+            kind=Job.Kind.SALE_PAID,
+            sale=s,
+            payload={},
+            fingerprint=uuid.uuid4().hex,
+            status=status,
+            attempts=attempts,
+            error_code=code,
+            request_id="bulk",
+            created_at=created,
+            started_at=created,
+            finished_at=created + datetime.timedelta(seconds=1),
+            lease_expires_at=created,
+        )
         for _ in range(n)
     )
 
@@ -106,8 +143,11 @@ def jobs_bulk(n: int, status: str, *, code="", attempts=1, age_min=5.0):
 
 
 def text_of(page: str, testid: str) -> str:
-    m = re.search(rf'data-testid="{re.escape(testid)}"[^>]*>(.*?)</(?:td|th|span|strong|div|code|dd|a|pre|p)>',
-                  page, re.S)
+    m = re.search(
+        rf'data-testid="{re.escape(testid)}"[^>]*>(.*?)</(?:td|th|span|strong|div|code|dd|a|pre|p)>',
+        page,
+        re.S,
+    )
     assert m, f"no element with data-testid={testid!r}"
     return html.unescape(re.sub(r"<[^>]+>", "", m.group(1))).strip()
 
@@ -119,7 +159,9 @@ def number(page: str, testid: str) -> int:
 def stock_rows(page: str) -> dict[int, tuple[str, int]]:
     """{batch id: (state, on hand)} as shown in the stock table."""
     rows = {}
-    for m in re.finditer(r'<tr class="([^"]*)" data-batch="(\d+)" data-state="(\w+)">(.*?)</tr>', page, re.S):
+    for m in re.finditer(
+        r'<tr class="([^"]*)" data-batch="(\d+)" data-state="(\w+)">(.*?)</tr>', page, re.S
+    ):
         qty = re.search(r'<td class="num onhand">(-?\d+)</td>', m.group(4))
         rows[int(m.group(2))] = (m.group(3), int(qty.group(1)), m.group(1).split())
     return rows
@@ -127,7 +169,10 @@ def stock_rows(page: str) -> dict[int, tuple[str, int]]:
 
 def failure_rows(page: str) -> dict[str, str]:
     """{job id: row html} of the failures table."""
-    return {m.group(1): m.group(2) for m in re.finditer(r'<tr data-job="([0-9a-f-]{36})">(.*?)</tr>', page, re.S)}
+    return {
+        m.group(1): m.group(2)
+        for m in re.finditer(r'<tr data-job="([0-9a-f-]{36})">(.*?)</tr>', page, re.S)
+    }
 
 
 def get_page(c: Client, url="/console/", **params) -> str:
@@ -139,7 +184,9 @@ def get_page(c: Client, url="/console/", **params) -> str:
 # --- access --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["/console/", f"/console/jobs/{uuid.uuid4()}/", "/console/runbooks/"])
+@pytest.mark.parametrize(
+    "url", ["/console/", f"/console/jobs/{uuid.uuid4()}/", "/console/runbooks/"]
+)
 def test_anonymous_is_redirected_to_admin_login(transactional_db, url):
     r = Client().get(url)
     assert r.status_code == 302
@@ -161,14 +208,25 @@ def test_staff_logs_in_through_the_admin_login_form_with_csrf(transactional_db):
     make_staff("opsform", superuser=False)
     c = Client(enforce_csrf_checks=True)
     login = c.get("/admin/login/?next=/console/")
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.content.decode()).group(1)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.content.decode()).group(
+        1
+    )
     # Without the CSRF token the login is refused.
-    assert c.post("/admin/login/?next=/console/", {"username": "opsform", "password": STAFF_PASSWORD}).status_code == 403
-    r = c.post("/admin/login/?next=/console/",
-               {"username": "opsform", "password": STAFF_PASSWORD, "csrfmiddlewaretoken": token})
+    assert (
+        c.post(
+            "/admin/login/?next=/console/", {"username": "opsform", "password": STAFF_PASSWORD}
+        ).status_code
+        == 403
+    )
+    r = c.post(
+        "/admin/login/?next=/console/",
+        {"username": "opsform", "password": STAFF_PASSWORD, "csrfmiddlewaretoken": token},
+    )
     assert r.status_code == 302 and r["Location"] == "/console/"
     page = get_page(c)
-    assert "A1" in page and 'name="csrfmiddlewaretoken"' in page  # the logout form is CSRF-protected too
+    assert (
+        "A1" in page and 'name="csrfmiddlewaretoken"' in page
+    )  # the logout form is CSRF-protected too
 
 
 def test_console_answers_get_only(transactional_db):
@@ -182,14 +240,25 @@ def test_jobs_by_status_and_kind_failures_retries_and_backlog_match_the_database
     s1, s2, s3 = a_sale(), a_sale(), a_sale()
     ok1 = job(s1, Job.Status.SUCCEEDED, age_min=2)
     job(s1, Job.Status.SUCCEEDED, kind=Job.Kind.SALE_REFUND, age_min=3, attempts=2)
-    f_stock = job(s2, Job.Status.FAILED, code="insufficient_stock", age_min=4, request_id="req-insufficient-1")
-    f_err = job(s2, Job.Status.FAILED, code="error", age_min=6, attempts=6, request_id="req-error-1",
-                message="OperationalError: <server closed the connection>")
+    f_stock = job(
+        s2, Job.Status.FAILED, code="insufficient_stock", age_min=4, request_id="req-insufficient-1"
+    )
+    f_err = job(
+        s2,
+        Job.Status.FAILED,
+        code="error",
+        age_min=6,
+        attempts=6,
+        request_id="req-error-1",
+        message="OperationalError: <server closed the connection>",
+    )
     job(s3, Job.Status.FAILED, kind=Job.Kind.SALE_REFUND, code="over_refund", age_min=7)
     queued = job(a_sale(), Job.Status.QUEUED, age_min=20)
     job(a_sale(), Job.Status.QUEUED, age_min=1)
     running = job(a_sale(), Job.Status.RUNNING, age_min=3, attempts=2)
-    old_fail = job(s3, Job.Status.FAILED, code="error", age_min=180, request_id="req-too-old")  # outside 1 h
+    old_fail = job(
+        s3, Job.Status.FAILED, code="error", age_min=180, request_id="req-too-old"
+    )  # outside 1 h
 
     page = get_page(staff_client(), window="1h")
     since = timezone.now() - datetime.timedelta(hours=1)
@@ -200,16 +269,27 @@ def test_jobs_by_status_and_kind_failures_retries_and_backlog_match_the_database
             assert number(page, f"jobs-{kind}-{status}") == want, (kind, status)
     for status in Job.Status.values:
         assert number(page, f"jobs-all-{status}") == in_window.filter(status=status).count()
-        assert number(page, f"retried-{status}") == in_window.filter(status=status, attempts__gt=1).count()
+        assert (
+            number(page, f"retried-{status}")
+            == in_window.filter(status=status, attempts__gt=1).count()
+        )
     assert number(page, "jobs-all-total") == in_window.count() == 8
     assert number(page, "retried-total") == 3
 
     # Failures: newest first, with code and request id, each linking to its job page.
     rows = failure_rows(page)
-    assert list(rows) == [str(j.pk) for j in in_window.filter(status="failed").order_by("-created_at")]
+    assert list(rows) == [
+        str(j.pk) for j in in_window.filter(status="failed").order_by("-created_at")
+    ]
     assert str(old_fail.pk) not in rows
-    assert "insufficient_stock" in rows[str(f_stock.pk)] and "req-insufficient-1" in rows[str(f_stock.pk)]
-    assert "req-error-1" in rows[str(f_err.pk)] and "&lt;server closed the connection&gt;" in rows[str(f_err.pk)]
+    assert (
+        "insufficient_stock" in rows[str(f_stock.pk)]
+        and "req-insufficient-1" in rows[str(f_stock.pk)]
+    )
+    assert (
+        "req-error-1" in rows[str(f_err.pk)]
+        and "&lt;server closed the connection&gt;" in rows[str(f_err.pk)]
+    )
     assert f'href="/console/jobs/{f_err.pk}/"' in rows[str(f_err.pk)]
     assert number(page, "failed-code-sale.paid-error") == 1
     assert number(page, "failed-code-sale.paid-insufficient_stock") == 1
@@ -272,14 +352,18 @@ def test_stock_on_hand_by_batch_highlights_expired_and_soon(transactional_db):
     empty_expired = batch("ST-2", "GONE", 0, -10)
     page = get_page(staff_client())
     rows = stock_rows(page)
-    assert {k: v[1] for k, v in rows.items()} == dict(StockOnHand.objects.values_list("batch_id", "quantity"))
+    assert {k: v[1] for k, v in rows.items()} == dict(
+        StockOnHand.objects.values_list("batch_id", "quantity")
+    )
     assert rows[expired.pk][0] == "expired" and "expired" in rows[expired.pk][2]
     assert rows[today.pk][0] == "soon" and rows[soon.pk][0] == "soon" and "soon" in rows[soon.pk][2]
     assert rows[later.pk][0] == "ok" and rows[never.pk][0] == "never"
     assert "empty" in rows[empty_expired.pk][2]
     # FEFO order: earliest expiry first, never-expiring last.
     assert list(rows) == [empty_expired.pk, expired.pk, today.pk, soon.pk, later.pk, never.pk]
-    assert number(page, "expired-batches") == 1 and number(page, "expired-units") == 4  # GONE has no stock
+    assert (
+        number(page, "expired-batches") == 1 and number(page, "expired-units") == 4
+    )  # GONE has no stock
     assert number(page, "soon-batches") == 2 and number(page, "soon-units") == 5
 
 
@@ -293,14 +377,15 @@ def test_a1_passes_on_a_clean_ledger_and_fails_when_on_hand_drifts_from_the_move
     page = get_page(c)
     assert text_of(page, "a1-verdict") == "PASS"
     assert text_of(page, "a1-figure") == (
-        "negative on-hand: 0 · on-hand ≠ Σ moves: 0 (checked 2 batches, 2 moves)")
+        "negative on-hand: 0 · on-hand ≠ Σ moves: 0 (checked 2 batches, 2 moves)"
+    )
 
     # A write that bypassed the ledger: on-hand no longer equals the sum of the moves.
     StockOnHand.objects.filter(batch=b).update(quantity=13)
     page = get_page(c)
     assert text_of(page, "a1-verdict") == "FAIL"
     assert text_of(page, "a1-figure").startswith("negative on-hand: 0 · on-hand ≠ Σ moves: 1 (")
-    assert f"<td>{b.pk}</td><td class=\"num\">13</td><td class=\"num bad\">10</td>" in page
+    assert f'<td>{b.pk}</td><td class="num">13</td><td class="num bad">10</td>' in page
 
 
 def test_a1_fails_on_negative_on_hand(transactional_db):
@@ -310,11 +395,17 @@ def test_a1_fails_on_negative_on_hand(transactional_db):
     with connection.cursor() as cursor:  # only a broken database could hold this row: simulate one
         cursor.execute("ALTER TABLE inventory_stockonhand DROP CONSTRAINT on_hand_not_negative")
         try:
-            cursor.execute("UPDATE inventory_stockonhand SET quantity = -2 WHERE batch_id = %s", [b.pk])
+            cursor.execute(
+                "UPDATE inventory_stockonhand SET quantity = -2 WHERE batch_id = %s", [b.pk]
+            )
             page = get_page(staff_client())
         finally:
-            cursor.execute("UPDATE inventory_stockonhand SET quantity = 1 WHERE batch_id = %s", [b.pk])
-            cursor.execute("ALTER TABLE inventory_stockonhand ADD CONSTRAINT on_hand_not_negative CHECK (quantity >= 0)")
+            cursor.execute(
+                "UPDATE inventory_stockonhand SET quantity = 1 WHERE batch_id = %s", [b.pk]
+            )
+            cursor.execute(
+                "ALTER TABLE inventory_stockonhand ADD CONSTRAINT on_hand_not_negative CHECK (quantity >= 0)"
+            )
     assert text_of(page, "a1-verdict") == "FAIL"
     assert text_of(page, "a1-figure").startswith("negative on-hand: 1 · on-hand ≠ Σ moves: 1 (")
 
@@ -324,8 +415,17 @@ def test_a1_fails_on_negative_on_hand(transactional_db):
 
 def a2_page(c=None, window="1h"):
     page = get_page(c or staff_client(), window=window)
-    return {k: text_of(page, f"a2-{k}") for k in
-            ("verdict", "success-verdict", "success-figure", "retries-verdict", "retries-figure", "business")}
+    return {
+        k: text_of(page, f"a2-{k}")
+        for k in (
+            "verdict",
+            "success-verdict",
+            "success-figure",
+            "retries-verdict",
+            "retries-figure",
+            "business",
+        )
+    }
 
 
 def test_a2_has_no_data_without_finished_paid_jobs(transactional_db):
@@ -354,7 +454,9 @@ def test_a2_fails_below_999_per_mille(transactional_db):
     a2 = a2_page()
     # 998 / 999 = 99.8999 %: shown rounded down, never as 99.90 %.
     assert a2["success-verdict"] == "FAIL" and a2["verdict"] == "FAIL"
-    assert a2["success-figure"].startswith("99.89 % = 998 succeeded / (998 succeeded + 1 failed with error)")
+    assert a2["success-figure"].startswith(
+        "99.89 % = 998 succeeded / (998 succeeded + 1 failed with error)"
+    )
 
 
 def test_a2_retries_recovered_fails_when_a_retried_job_ends_in_error(transactional_db):
@@ -365,11 +467,15 @@ def test_a2_retries_recovered_fails_when_a_retried_job_ends_in_error(transaction
     a2 = a2_page()
     assert a2["success-verdict"] == "PASS"
     assert a2["retries-verdict"] == "FAIL" and a2["verdict"] == "FAIL"
-    assert a2["retries-figure"] == ("3 retried jobs succeeded, 1 failed with error (75.00 % recovered); "
-                                    "2 ended with a business code after a retry")
+    assert a2["retries-figure"] == (
+        "3 retried jobs succeeded, 1 failed with error (75.00 % recovered); "
+        "2 ended with a business code after a retry"
+    )
 
 
-def test_a2_counts_paid_jobs_finished_in_the_window_not_refunds_nor_older_outcomes(transactional_db):
+def test_a2_counts_paid_jobs_finished_in_the_window_not_refunds_nor_older_outcomes(
+    transactional_db,
+):
     s = a_sale()
     # Created before the 1 h window, finished inside it: counted.
     job(s, Job.Status.FAILED, code="error", age_min=90, finished_after_s=60 * 80)
@@ -393,18 +499,35 @@ def test_job_page_shows_the_job_and_the_moves_it_wrote(transactional_db):
     line = s.lines.get()
     j = job(s, Job.Status.SUCCEEDED, request_id="req-jobpage-1")
     other = job(s, Job.Status.FAILED, code="invalid_transition", age_min=1)
-    StockMove.objects.create(kind=StockMove.Kind.SALE_OUT, batch=b1, quantity=-5, sale_line=line, job=j,
-                             request_id=j.request_id)
-    StockMove.objects.create(kind=StockMove.Kind.SALE_OUT, batch=b2, quantity=-1, sale_line=line, job=j,
-                             request_id=j.request_id)
+    StockMove.objects.create(
+        kind=StockMove.Kind.SALE_OUT,
+        batch=b1,
+        quantity=-5,
+        sale_line=line,
+        job=j,
+        request_id=j.request_id,
+    )
+    StockMove.objects.create(
+        kind=StockMove.Kind.SALE_OUT,
+        batch=b2,
+        quantity=-1,
+        sale_line=line,
+        job=j,
+        request_id=j.request_id,
+    )
     StockOnHand.objects.filter(batch__in=[b1, b2]).update(quantity=0)
     StockOnHand.objects.filter(batch=b2).update(quantity=4)
     c = staff_client()
     page = get_page(c, f"/console/jobs/{j.pk}/")
     assert text_of(page, "job-id") == str(j.pk)
-    assert text_of(page, "job-status") == "succeeded" and text_of(page, "job-request-id") == "req-jobpage-1"
+    assert (
+        text_of(page, "job-status") == "succeeded"
+        and text_of(page, "job-request-id") == "req-jobpage-1"
+    )
     moves = re.findall(r'<tr data-move="(\d+)">', page)
-    assert sorted(map(int, moves)) == sorted(StockMove.objects.filter(job=j).values_list("id", flat=True))
+    assert sorted(map(int, moves)) == sorted(
+        StockMove.objects.filter(job=j).values_list("id", flat=True)
+    )
     assert number(page, "moves-total") == -6
     assert f'href="/console/jobs/{other.pk}/"' in page  # the sale's other jobs
     assert f'href="/admin/jobs/job/{j.pk}/change/"' in page
@@ -420,7 +543,9 @@ def test_job_page_shows_the_job_and_the_moves_it_wrote(transactional_db):
 # --- queries -----------------------------------------------------------------------------
 
 
-def test_overview_query_count_does_not_grow_with_the_data(transactional_db, django_assert_max_num_queries):
+def test_overview_query_count_does_not_grow_with_the_data(
+    transactional_db, django_assert_max_num_queries
+):
     c = staff_client()
     c.get("/console/")  # warm the session
     with django_assert_max_num_queries(25) as small:
@@ -442,8 +567,10 @@ def test_window_query_uses_the_status_created_index(transactional_db):
     with connection.cursor() as cursor:
         cursor.execute("SET enable_seqscan = off")  # an empty table would always be seq-scanned
         try:
-            cursor.execute("EXPLAIN " + figures._WINDOW_SQL,
-                           [bucket, figures._ORIGIN, figures.STATUSES, since, timezone.now()])
+            cursor.execute(
+                "EXPLAIN " + figures._WINDOW_SQL,
+                [bucket, figures._ORIGIN, figures.STATUSES, since, timezone.now()],
+            )
             plan = "\n".join(r[0] for r in cursor.fetchall())
         finally:
             cursor.execute("RESET enable_seqscan")
@@ -466,13 +593,20 @@ def test_links_to_flower_grafana_and_runbooks(transactional_db, monkeypatch, tmp
 
     monkeypatch.setenv("FLOWER_URL", "https://flower.example.invalid/")
     monkeypatch.setenv("GRAFANA_URL", "javascript:alert(1)")  # not a link we would render
-    monkeypatch.setenv("RUNBOOK_BASE_URL", "https://git.example.invalid/stockflow/monitoring/runbooks")
+    monkeypatch.setenv(
+        "RUNBOOK_BASE_URL", "https://git.example.invalid/stockflow/monitoring/runbooks"
+    )
     page = get_page(c)
     assert 'href="https://flower.example.invalid" rel="noopener" id="link-flower"' in page
     assert 'href="http://127.0.0.1:3000" rel="noopener" id="link-grafana"' in page
-    assert 'href="https://git.example.invalid/stockflow/monitoring/runbooks/" id="link-runbooks"' in page
-    assert ('<a href="https://git.example.invalid/stockflow/monitoring/runbooks/LedgerInvariantViolated.md">'
-            "LedgerInvariantViolated</a>") in page
+    assert (
+        'href="https://git.example.invalid/stockflow/monitoring/runbooks/" id="link-runbooks"'
+        in page
+    )
+    assert (
+        '<a href="https://git.example.invalid/stockflow/monitoring/runbooks/LedgerInvariantViolated.md">'
+        "LedgerInvariantViolated</a>"
+    ) in page
 
 
 def test_runbooks_are_served_from_the_repository_folder(transactional_db, monkeypatch, tmp_path):
@@ -493,16 +627,31 @@ def test_runbooks_are_served_from_the_repository_folder(transactional_db, monkey
 
 
 def test_every_model_is_in_the_admin_and_the_ledger_and_jobs_are_read_only(transactional_db):
-    for model in (Product, Location, Batch, StockOnHand, StockMove, Sale, SaleLine, Refund, RefundLine, Job,
-                  ApiToken, AuditEntry, Lead):
+    for model in (
+        Product,
+        Location,
+        Batch,
+        StockOnHand,
+        StockMove,
+        Sale,
+        SaleLine,
+        Refund,
+        RefundLine,
+        Job,
+        ApiToken,
+        AuditEntry,
+        Lead,
+    ):
         assert admin.site.is_registered(model), model
     b = batch("ADM", "L1", 3, 10)
     move = StockMove.objects.get(batch=b)
     j = job(a_sale(), Job.Status.FAILED, code="error")
     c = staff_client()  # a superuser: read-only holds for everyone
-    for url, obj_url in (("/admin/inventory/stockmove/", f"/admin/inventory/stockmove/{move.pk}/"),
-                         ("/admin/jobs/job/", f"/admin/jobs/job/{j.pk}/"),
-                         ("/admin/inventory/stockonhand/", f"/admin/inventory/stockonhand/{b.on_hand.pk}/")):
+    for url, obj_url in (
+        ("/admin/inventory/stockmove/", f"/admin/inventory/stockmove/{move.pk}/"),
+        ("/admin/jobs/job/", f"/admin/jobs/job/{j.pk}/"),
+        ("/admin/inventory/stockonhand/", f"/admin/inventory/stockonhand/{b.on_hand.pk}/"),
+    ):
         assert c.get(url).status_code == 200
         assert c.get(url + "add/").status_code == 403
         change = c.get(obj_url + "change/")
@@ -510,7 +659,9 @@ def test_every_model_is_in_the_admin_and_the_ledger_and_jobs_are_read_only(trans
         assert c.post(obj_url + "change/", {}).status_code == 403
         assert c.post(obj_url + "delete/", {"post": "yes"}).status_code == 403
     assert StockMove.objects.filter(pk=move.pk).exists() and Job.objects.filter(pk=j.pk).exists()
-    assert f'href="/console/jobs/{j.pk}/"' in c.get(f"/admin/jobs/job/{j.pk}/change/").content.decode()
+    assert (
+        f'href="/console/jobs/{j.pk}/"' in c.get(f"/admin/jobs/job/{j.pk}/change/").content.decode()
+    )
     # Products stay editable.
     assert c.get("/admin/inventory/product/add/").status_code == 200
 
@@ -521,8 +672,15 @@ def test_every_admin_list_and_detail_page_renders(transactional_db):
     j = job(s, Job.Status.SUCCEEDED, kind=Job.Kind.SALE_REFUND)
     r = Refund.objects.create(sale=s, kind="full", idempotency_key="k1", job=j)
     RefundLine.objects.create(refund=r, sale_line=s.lines.get(), quantity=1)
-    AuditEntry.objects.create(token_name="t", action="sale.refund", sale_id=s.pk, request_id="rq",
-                              outcome="accepted", status_code=202, job_id=j.pk)
+    AuditEntry.objects.create(
+        token_name="t",
+        action="sale.refund",
+        sale_id=s.pk,
+        request_id="rq",
+        outcome="accepted",
+        status_code=202,
+        job_id=j.pk,
+    )
     Lead.objects.create(name="N", email="n@example.invalid", client_hash="abc")
     ApiToken.issue("t")
     c = staff_client()

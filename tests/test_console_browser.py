@@ -10,6 +10,7 @@ job page. Screenshots go to test-output/ (git-ignored).
 Environment: CHROMIUM_PATH (default /usr/bin/chromium). Without Chromium or the
 playwright package the test is skipped locally and fails in CI (CI=true).
 """
+
 import os
 import re
 import shutil
@@ -26,8 +27,14 @@ from tests.test_console import STAFF_PASSWORD, make_staff
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 LAUNCH_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 OUTPUT = Path(os.environ.get("TEST_OUTPUT_DIR", ROOT / "test-output"))
 
@@ -46,7 +53,9 @@ def launch_chromium():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("the playwright package is not installed (pip install playwright; never `playwright install`)")
+        _unavailable(
+            "the playwright package is not installed (pip install playwright; never `playwright install`)"
+        )
     if not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
         _unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium chromium-driver)")
     started = []
@@ -54,7 +63,9 @@ def launch_chromium():
     def launch():
         playwright = sync_playwright().start()
         started.append(playwright)
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS
+        )
         started.append(browser)
         return browser
 
@@ -67,10 +78,10 @@ def scripted_run(client) -> dict:
     """Through the API, done by the worker: 2 sales paid, 1 short of stock, 1 refund."""
     product(client, "BRW-1", "Saline 0.9 %")
     product(client, "BRW-2", "Gauze")
-    receive(client, "BRW-1", "EXPIRED", 4, -3)   # expired: shown red, never sold
-    receive(client, "BRW-1", "SOON", 10, 12)     # expires within 30 days: shown amber
+    receive(client, "BRW-1", "EXPIRED", 4, -3)  # expired: shown red, never sold
+    receive(client, "BRW-1", "SOON", 10, 12)  # expires within 30 days: shown amber
     receive(client, "BRW-1", "LATER", 20, 200)
-    receive(client, "BRW-2", "G1", 6, None)      # never expires
+    receive(client, "BRW-2", "G1", 6, None)  # never expires
     s1 = sale(client, "BRW-S1", [("BRW-1", 7), ("BRW-2", 2)])
     s2 = sale(client, "BRW-S2", [("BRW-1", 1)])
     s3 = sale(client, "BRW-S3", [("BRW-2", 50)])  # more than there is
@@ -90,18 +101,27 @@ def expected_from_database() -> dict:
     the browser starts: Django refuses ORM calls once Playwright's loop is running."""
     report = ledger.check()
     return {
-        "jobs": {(k, s): Job.objects.filter(kind=k, status=s).count() for k in Job.Kind.values
-                 for s in Job.Status.values},
+        "jobs": {
+            (k, s): Job.objects.filter(kind=k, status=s).count()
+            for k in Job.Kind.values
+            for s in Job.Status.values
+        },
         "total": Job.objects.count(),
-        "failed": {str(j.pk): (j.error_code, j.request_id) for j in Job.objects.filter(status="failed")},
+        "failed": {
+            str(j.pk): (j.error_code, j.request_id) for j in Job.objects.filter(status="failed")
+        },
         "on_hand": {str(b): q for b, q in StockOnHand.objects.values_list("batch_id", "quantity")},
-        "states": {str(soh.batch_id): soh.batch.lot for soh in StockOnHand.objects.select_related("batch")},
+        "states": {
+            str(soh.batch_id): soh.batch.lot for soh in StockOnHand.objects.select_related("batch")
+        },
         "ledger_clean": report.clean,
         "moves": StockMove.objects.count(),
     }
 
 
-def test_console_in_chromium_shows_what_the_database_holds(client, worker, live_server, launch_chromium):
+def test_console_in_chromium_shows_what_the_database_holds(
+    client, worker, live_server, launch_chromium
+):
     run = scripted_run(client)
     make_staff("browser-ops", superuser=False)
     want = expected_from_database()
@@ -111,10 +131,18 @@ def test_console_in_chromium_shows_what_the_database_holds(client, worker, live_
     browser = launch_chromium()  # from here on: no ORM in this thread
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     console_errors = []
-    page.on("console", lambda m: console_errors.append((m.text, m.location.get("url"), page.url))
-            if m.type == "error" else None)
+    page.on(
+        "console",
+        lambda m: (
+            console_errors.append((m.text, m.location.get("url"), page.url))
+            if m.type == "error"
+            else None
+        ),
+    )
     bad_responses = []
-    page.on("response", lambda r: bad_responses.append((r.status, r.url)) if r.status >= 400 else None)
+    page.on(
+        "response", lambda r: bad_responses.append((r.status, r.url)) if r.status >= 400 else None
+    )
 
     # Not logged in: the console sends the browser to the admin login form.
     page.goto(f"{live_server.url}/console/")
@@ -147,23 +175,39 @@ def test_console_in_chromium_shows_what_the_database_holds(client, worker, live_
 
     # Quality scenarios.
     assert shown("a1-verdict") == "PASS"
-    assert shown("a1-figure") == (f"negative on-hand: 0 · on-hand ≠ Σ moves: 0 "
-                                  f"(checked {len(want['on_hand'])} batches, {want['moves']} moves)")
+    assert shown("a1-figure") == (
+        f"negative on-hand: 0 · on-hand ≠ Σ moves: 0 "
+        f"(checked {len(want['on_hand'])} batches, {want['moves']} moves)"
+    )
     assert shown("a2-verdict") == "PASS"
-    assert shown("a2-success-figure").startswith("100.00 % = 2 succeeded / (2 succeeded + 0 failed with error)")
+    assert shown("a2-success-figure").startswith(
+        "100.00 % = 2 succeeded / (2 succeeded + 0 failed with error)"
+    )
     assert shown("a2-business") == "1"
 
     # Stock on hand per batch, and the expiry highlighting a person actually sees.
     stock = page.locator("#stock-table tr[data-batch]")
-    seen = {stock.nth(i).get_attribute("data-batch"): int(stock.nth(i).locator("td.onhand").inner_text())
-            for i in range(stock.count())}
+    seen = {
+        stock.nth(i).get_attribute("data-batch"): int(
+            stock.nth(i).locator("td.onhand").inner_text()
+        )
+        for i in range(stock.count())
+    }
     assert seen == want["on_hand"]
     lots = {want["states"][b]: b for b in seen}
     bg = "el => getComputedStyle(el.querySelector('td')).backgroundColor"
-    assert page.locator(f'#stock-table tr[data-batch="{lots["EXPIRED"]}"]').evaluate(bg) == "rgb(255, 235, 238)"
-    assert page.locator(f'#stock-table tr[data-batch="{lots["SOON"]}"]').evaluate(bg) == "rgb(255, 248, 225)"
+    assert (
+        page.locator(f'#stock-table tr[data-batch="{lots["EXPIRED"]}"]').evaluate(bg)
+        == "rgb(255, 235, 238)"
+    )
+    assert (
+        page.locator(f'#stock-table tr[data-batch="{lots["SOON"]}"]').evaluate(bg)
+        == "rgb(255, 248, 225)"
+    )
     assert page.locator(f'#stock-table tr[data-batch="{lots["LATER"]}"]').evaluate(bg) not in (
-        "rgb(255, 235, 238)", "rgb(255, 248, 225)")
+        "rgb(255, 235, 238)",
+        "rgb(255, 248, 225)",
+    )
     assert shown("expired-batches") == "1" and shown("expired-units") == "4"
     assert shown("soon-batches") == "1" and shown("soon-units") == "3"
 
@@ -185,7 +229,9 @@ def test_console_in_chromium_shows_what_the_database_holds(client, worker, live_
 
     # From the job page back, and to a succeeded job's moves through the sale's history.
     page.goto(f"{live_server.url}/console/jobs/{run['paid1']['id']}/")
-    assert page.locator("#moves-table tr[data-move]").count() == len(run["paid1"]["result"]["moves"])
+    assert page.locator("#moves-table tr[data-move]").count() == len(
+        run["paid1"]["result"]["moves"]
+    )
     assert int(shown("moves-total")) == -9
 
     # The runbook next to A1 opens from the console.
@@ -196,7 +242,10 @@ def test_console_in_chromium_shows_what_the_database_holds(client, worker, live_
 
     # The admin login page has no favicon link, so the browser asks for /favicon.ico (404);
     # the console's own pages declare an empty icon. Anything else is an error.
-    console_errors = [e for e in console_errors if not (e[1] or "").endswith("/favicon.ico")
-                      or "/console/" in e[2].split("?")[0]]
+    console_errors = [
+        e
+        for e in console_errors
+        if not (e[1] or "").endswith("/favicon.ico") or "/console/" in e[2].split("?")[0]
+    ]
     assert bad_responses == [] and console_errors == [], (bad_responses, console_errors)
     assert (OUTPUT / "console.png").stat().st_size > 10_000

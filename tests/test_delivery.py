@@ -1,5 +1,6 @@
 """At-least-once delivery, exactly-once effect: duplicate messages, a worker killed with
 SIGKILL in the middle of a job, and a broker that lost the message."""
+
 import io
 import os
 import re
@@ -61,8 +62,11 @@ class StockRowLock:
     def __init__(self, batch_ids):
         s = connection.settings_dict
         self.conn = psycopg.connect(
-            dbname=s["NAME"], user=s["USER"] or None, password=s["PASSWORD"] or None,
-            host=s["HOST"] or None, port=s["PORT"] or None,
+            dbname=s["NAME"],
+            user=s["USER"] or None,
+            password=s["PASSWORD"] or None,
+            host=s["HOST"] or None,
+            port=s["PORT"] or None,
         )
         self.conn.execute(
             f"SELECT quantity FROM {StockOnHand._meta.db_table} WHERE batch_id = ANY(%s) FOR UPDATE",
@@ -78,8 +82,11 @@ class StockRowLock:
 def effect(sale_id: int) -> dict:
     """Everything one sale.paid job may write."""
     return {
-        "moves": list(StockMove.objects.filter(sale_line__sale_id=sale_id).order_by("id")
-                      .values_list("id", "kind", "batch_id", "quantity", "job_id")),
+        "moves": list(
+            StockMove.objects.filter(sale_line__sale_id=sale_id)
+            .order_by("id")
+            .values_list("id", "kind", "batch_id", "quantity", "job_id")
+        ),
         "on_hand": dict(StockOnHand.objects.values_list("batch_id", "quantity")),
         "all_moves": StockMove.objects.count(),
     }
@@ -87,8 +94,14 @@ def effect(sale_id: int) -> dict:
 
 def job_row(job_id) -> dict:
     j = Job.objects.get(pk=job_id)
-    return {"status": j.status, "attempts": j.attempts, "result": j.result, "error_code": j.error_code,
-            "finished_at": j.finished_at, "started_at": j.started_at}
+    return {
+        "status": j.status,
+        "attempts": j.attempts,
+        "result": j.result,
+        "error_code": j.error_code,
+        "finished_at": j.finished_at,
+        "started_at": j.started_at,
+    }
 
 
 def ledger_clean():
@@ -109,12 +122,18 @@ def test_redelivering_a_succeeded_job_changes_nothing(client, worker):
     job = pay_and_wait(client, s["id"])
     assert job["status"] == "succeeded", job
     wait_until(lambda: deliveries_done(worker) >= base + 1, 10, "the first delivery to be logged")
-    before, row_before, api_before = effect(s["id"]), job_row(job["id"]), ok(client.get(f"/api/jobs/{job['id']}"), 200)
+    before, row_before, api_before = (
+        effect(s["id"]),
+        job_row(job["id"]),
+        ok(client.get(f"/api/jobs/{job['id']}"), 200),
+    )
     assert len(before["moves"]) == 2
 
     dispatch.enqueue(Job.objects.get(pk=job["id"]))  # the broker delivers it again
     dispatch.enqueue(Job.objects.get(pk=job["id"]))  # ... and again
-    wait_until(lambda: deliveries_done(worker) >= base + 3, 15, "the duplicate deliveries to be processed")
+    wait_until(
+        lambda: deliveries_done(worker) >= base + 3, 15, "the duplicate deliveries to be processed"
+    )
 
     assert effect(s["id"]) == before
     assert job_row(job["id"]) == row_before
@@ -141,9 +160,14 @@ def test_two_deliveries_at_once_apply_the_job_once(client, worker):
     done = wait_for_job(client, job["id"])
     wait_until(lambda: deliveries_done(worker) >= base + 2, 15, "both deliveries to finish")
     assert done["status"] == "succeeded", done
-    assert done["attempts"] == 1, "the second delivery must not count as an attempt of a finished job"
+    assert done["attempts"] == 1, (
+        "the second delivery must not count as an attempt of a finished job"
+    )
     moves = effect(made["sale"]["id"])["moves"]
-    assert sorted((kind, qty) for _, kind, _, qty, _ in moves) == [("SALE_OUT", -2), ("SALE_OUT", -1)]
+    assert sorted((kind, qty) for _, kind, _, qty, _ in moves) == [
+        ("SALE_OUT", -2),
+        ("SALE_OUT", -1),
+    ]
     assert on_hand(client, "DLV") == {"EARLY": 0, "LATE": 9}
     ledger_clean()
 
@@ -155,15 +179,23 @@ def test_worker_killed_mid_job_is_redelivered_and_applied_once(client, worker):
     try:
         job = pay(client, sid)
         # The claim committed (running, attempt 1); the job transaction waits on our lock.
-        wait_until(lambda: Job.objects.get(pk=job["id"]).status == "running", 15, "the job to be claimed")
+        wait_until(
+            lambda: Job.objects.get(pk=job["id"]).status == "running", 15, "the job to be claimed"
+        )
         wait_until(lambda: lock_waiters() >= 1, 15, "the worker to block on the stock rows")
         log_before = len(worker.log())
         children = worker.child_pids()
         assert children, worker.log()
         for pid in children:
             os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: "SIGKILL" in worker.log()[log_before:] or "WorkerLostError" in worker.log()[log_before:],
-                   10, "the worker to notice its lost child")
+        wait_until(
+            lambda: (
+                "SIGKILL" in worker.log()[log_before:]
+                or "WorkerLostError" in worker.log()[log_before:]
+            ),
+            10,
+            "the worker to notice its lost child",
+        )
     finally:
         lock.release()
     assert Job.objects.get(pk=job["id"]).status == "running"
@@ -171,7 +203,9 @@ def test_worker_killed_mid_job_is_redelivered_and_applied_once(client, worker):
     # Redelivery: reject_on_worker_lost requeues the message at once; if it did not, the
     # reconciler re-sends the job when its running lease (10 s in tests) runs out.
     try:
-        wait_until(lambda: Job.objects.get(pk=job["id"]).is_terminal, 5, "redelivery via the broker")
+        wait_until(
+            lambda: Job.objects.get(pk=job["id"]).is_terminal, 5, "redelivery via the broker"
+        )
     except AssertionError:
         lease = Job.objects.get(pk=job["id"]).lease_expires_at
         time.sleep(max(0.0, (lease - timezone.now()).total_seconds()) + 0.2)
@@ -183,7 +217,8 @@ def test_worker_killed_mid_job_is_redelivered_and_applied_once(client, worker):
     assert done["result"]["outcome"] == "success"
     moves = effect(sid)["moves"]
     assert sorted((kind, qty, str(job_id)) for _, kind, _, qty, job_id in moves) == [
-        ("SALE_OUT", -2, job["id"]), ("SALE_OUT", -1, job["id"])
+        ("SALE_OUT", -2, job["id"]),
+        ("SALE_OUT", -1, job["id"]),
     ]
     assert on_hand(client, "DLV") == {"EARLY": 0, "LATE": 9}
     assert ok(client.get(f"/api/sales/{sid}"), 200)["status"] == "paid"
@@ -202,10 +237,16 @@ def test_lost_broker_message_is_recovered_by_the_reconciler(client, broker, shar
     w = shared_worker.get()
     time.sleep(1.0)
     row = Job.objects.get(pk=job["id"])
-    assert row.status == "queued" and row.attempts == 0, "nothing should have delivered the lost job"
+    assert row.status == "queued" and row.attempts == 0, (
+        "nothing should have delivered the lost job"
+    )
     assert deliveries_done(w) == 0
-    if (row.lease_expires_at - timezone.now()).total_seconds() > 0.5:  # (a slow worker start may have used it up)
-        assert job_services.reconcile() == 0, "the queued lease has not run out yet: nothing to re-send"
+    if (
+        row.lease_expires_at - timezone.now()
+    ).total_seconds() > 0.5:  # (a slow worker start may have used it up)
+        assert job_services.reconcile() == 0, (
+            "the queued lease has not run out yet: nothing to re-send"
+        )
 
     time.sleep(max(0.0, (row.lease_expires_at - timezone.now()).total_seconds()) + 0.2)
     assert job_services.reconcile() == 1
@@ -219,8 +260,9 @@ def test_lost_broker_message_is_recovered_by_the_reconciler(client, broker, shar
     ledger_clean()
 
 
-def test_a_poison_job_delivered_too_often_fails_for_good_instead_of_looping(client, broker, shared_worker,
-                                                                             transactional_db, settings):
+def test_a_poison_job_delivered_too_often_fails_for_good_instead_of_looping(
+    client, broker, shared_worker, transactional_db, settings
+):
     """A poison message (one that keeps killing its worker) must end: past JOB_MAX_ATTEMPTS
     deliveries the job fails with `error` and nothing is written."""
     product(client, "POISON")

@@ -60,7 +60,11 @@ def run_child(state, **extra_env):
     # (run() would block until they exit otherwise).
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(state)],
-        env=child_env(**extra_env), cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=child_env(**extra_env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout), proc.stderr
@@ -138,7 +142,11 @@ def test_django_database_entry(urls, state):
     assert (cfg["HOST"], cfg["NAME"], cfg["USER"]) == (str(state / "pg"), "stockflow", "postgres")
     out = subprocess.run(
         [sys.executable, "-c", DJANGO_CHILD, urls["DATABASE_URL"]],
-        env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=child_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "stockflow"
@@ -167,8 +175,12 @@ def test_concurrent_cold_start():
     try:
         procs = [
             subprocess.Popen(
-                [sys.executable, "-c", CHILD, str(state)], env=child_env(), cwd=REPO,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                [sys.executable, "-c", CHILD, str(state)],
+                env=child_env(),
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for _ in range(3)
         ]

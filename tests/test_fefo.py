@@ -2,6 +2,7 @@
 
 FEFO allocation, expired stock, and all-or-nothing failures, asserted both through the
 API (what a caller sees) and through the ORM (what was written)."""
+
 import datetime
 
 import pytest
@@ -24,14 +25,17 @@ def sale_out_moves(sale_id: int) -> list[tuple[int, str, int]]:
     return [
         (m.sale_line_id, m.batch.lot, -m.quantity)
         for m in StockMove.objects.filter(sale_line__sale_id=sale_id, kind=StockMove.Kind.SALE_OUT)
-        .select_related("batch").order_by("id")
+        .select_related("batch")
+        .order_by("id")
     ]
 
 
 def world() -> dict:
     """Everything the stock jobs can write, to prove a failure wrote nothing."""
     return {
-        "moves": list(StockMove.objects.order_by("id").values_list("id", "kind", "batch_id", "quantity")),
+        "moves": list(
+            StockMove.objects.order_by("id").values_list("id", "kind", "batch_id", "quantity")
+        ),
         "on_hand": dict(StockOnHand.objects.values_list("batch_id", "quantity")),
         "sales": dict(Sale.objects.values_list("id", "status")),
         "paid_at": dict(Sale.objects.values_list("id", "paid_at")),
@@ -39,7 +43,9 @@ def world() -> dict:
     }
 
 
-def assert_failed_and_nothing_written(client, sale_id: int, before: dict, code: str, short: list[dict]):
+def assert_failed_and_nothing_written(
+    client, sale_id: int, before: dict, code: str, short: list[dict]
+):
     """The paid job failed with `code`, its result lists exactly the `short` lines, and the
     database is exactly as it was before the request."""
     job = pay_and_wait(client, sale_id)
@@ -89,12 +95,18 @@ def test_the_callers_request_id_reaches_the_job_and_its_moves(client, worker):
     receive(client, "RID", "A", 5, 30)
     s = sale(client, "S-RID", [("RID", 2)])
     rid = "order-4711-checkout"
-    r = client.post(f"/api/sales/{s['id']}/transition", json={"to_status": "paid"}, headers={"X-Request-ID": rid})
+    r = client.post(
+        f"/api/sales/{s['id']}/transition",
+        json={"to_status": "paid"},
+        headers={"X-Request-ID": rid},
+    )
     assert r.status_code == 202 and r.headers["X-Request-ID"] == rid
     job = wait_for_job(client, r.json()["job"]["id"])
     assert job["status"] == "succeeded"
     assert job["request_id"] == rid
-    assert set(StockMove.objects.filter(sale_line__sale_id=s["id"]).values_list("request_id", flat=True)) == {rid}
+    assert set(
+        StockMove.objects.filter(sale_line__sale_id=s["id"]).values_list("request_id", flat=True)
+    ) == {rid}
     line = ok(client.get(f"/api/sales/{s['id']}"), 200)["lines"][0]
     assert line["unit_price"] == "9.99" and line["quantity"] == 2 and line["refunded"] == 0
 
@@ -114,15 +126,28 @@ def test_batch_expiring_today_is_still_sellable_but_yesterday_is_not(client, wor
     today = timezone.now().date()
     product(client, "TDY")
     for lot, expires in (("YESTERDAY", today - datetime.timedelta(days=1)), ("TODAY", today)):
-        ok(client.post("/api/receipts", json={"sku": "TDY", "location": "MAIN", "lot": lot, "quantity": 3,
-                                               "expires_on": expires.isoformat()}), 201)
+        ok(
+            client.post(
+                "/api/receipts",
+                json={
+                    "sku": "TDY",
+                    "location": "MAIN",
+                    "lot": lot,
+                    "quantity": 3,
+                    "expires_on": expires.isoformat(),
+                },
+            ),
+            201,
+        )
 
     s = sale(client, "S-TDY", [("TDY", 3)])
     assert pay_and_wait(client, s["id"])["status"] == "succeeded"
     assert on_hand(client, "TDY") == {"YESTERDAY": 3, "TODAY": 0}
 
 
-def test_only_expired_stock_would_cover_the_line_is_expired_batch_and_writes_nothing(client, worker):
+def test_only_expired_stock_would_cover_the_line_is_expired_batch_and_writes_nothing(
+    client, worker
+):
     product(client, "EXP")
     receive(client, "EXP", "OLD", 10, -1)
     receive(client, "EXP", "FRESH", 2, 30)
@@ -130,7 +155,10 @@ def test_only_expired_stock_would_cover_the_line_is_expired_batch_and_writes_not
     before = world()
 
     job = assert_failed_and_nothing_written(
-        client, s["id"], before, "expired_batch",
+        client,
+        s["id"],
+        before,
+        "expired_batch",
         [{"sale_line_id": s["lines"][0]["id"], "requested": 5, "missing": 3}],
     )
     assert job["result"]["details"][0]["sku"] == "EXP"
@@ -147,7 +175,10 @@ def test_short_even_counting_expired_stock_is_insufficient_stock_and_writes_noth
     assert before["sales"][s["id"]] == "pending"
 
     assert_failed_and_nothing_written(
-        client, s["id"], before, "insufficient_stock",
+        client,
+        s["id"],
+        before,
+        "insufficient_stock",
         [{"sale_line_id": s["lines"][0]["id"], "requested": 5, "missing": 3}],
     )
     assert on_hand(client, "SHORT") == {"OLD": 1, "FRESH": 2}
@@ -159,7 +190,10 @@ def test_no_stock_at_all_is_insufficient_stock(client, worker):
     s = sale(client, "S-NONE", [("NONE", 1)])
     before = world()
     assert_failed_and_nothing_written(
-        client, s["id"], before, "insufficient_stock",
+        client,
+        s["id"],
+        before,
+        "insufficient_stock",
         [{"sale_line_id": s["lines"][0]["id"], "requested": 1, "missing": 1}],
     )
 
@@ -171,7 +205,10 @@ def test_stock_at_another_location_is_not_sold(client, worker):
     s = sale(client, "S-LOC", [("LOC", 2)], location="MAIN")
     before = world()
     assert_failed_and_nothing_written(
-        client, s["id"], before, "insufficient_stock",
+        client,
+        s["id"],
+        before,
+        "insufficient_stock",
         [{"sale_line_id": s["lines"][0]["id"], "requested": 2, "missing": 1}],
     )
 
@@ -187,7 +224,10 @@ def test_multi_line_sale_is_all_or_nothing(client, worker):
 
     # Only the short line is listed; the coverable first line wrote nothing either.
     assert_failed_and_nothing_written(
-        client, s["id"], before, "insufficient_stock",
+        client,
+        s["id"],
+        before,
+        "insufficient_stock",
         [{"sale_line_id": line2, "requested": 3, "missing": 2}],
     )
     assert on_hand(client, "OK1") == {"A": 10}
@@ -208,9 +248,14 @@ def test_every_short_line_is_listed(client, worker):
     s = sale(client, "S-BOTH", [("X1", 4), ("X2", 2)])
     line1, line2 = (l["id"] for l in s["lines"])
     assert_failed_and_nothing_written(
-        client, s["id"], world(), "insufficient_stock",
-        [{"sale_line_id": line1, "requested": 4, "missing": 3},
-         {"sale_line_id": line2, "requested": 2, "missing": 2}],
+        client,
+        s["id"],
+        world(),
+        "insufficient_stock",
+        [
+            {"sale_line_id": line1, "requested": 4, "missing": 3},
+            {"sale_line_id": line2, "requested": 2, "missing": 2},
+        ],
     )
 
 
@@ -235,7 +280,10 @@ def test_two_lines_of_one_sku_that_fit_alone_but_not_together_write_nothing(clie
     s = sale(client, "S-DUP2", [("DUP2", 5), ("DUP2", 4)])  # 5 <= 8 and 4 <= 8, but 9 > 8
     line2 = s["lines"][1]["id"]
     assert_failed_and_nothing_written(
-        client, s["id"], world(), "insufficient_stock",
+        client,
+        s["id"],
+        world(),
+        "insufficient_stock",
         [{"sale_line_id": line2, "requested": 4, "missing": 1}],
     )
     assert on_hand(client, "DUP2") == {"EARLY": 3, "LATE": 5}

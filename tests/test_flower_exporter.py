@@ -1,6 +1,7 @@
 """Flower and celery-exporter against the real stack: a prefork worker with events on,
 bin/flower and bin/celery-exporter started exactly as the Procfile starts them, pointed at
 the test broker; paid sales through the API; then both must list that run's tasks."""
+
 import os
 import re
 import secrets
@@ -49,7 +50,11 @@ class ScriptProcess:
     def __init__(self, tmp_path: Path, name: str, argv: list[str], env: dict):
         self.log_path = tmp_path / f"{name}.log"
         self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -59,7 +64,8 @@ class ScriptProcess:
     def check_alive(self):
         if self.proc.poll() is not None:
             raise AssertionError(
-                f"{self.proc.args[0]} exited with {self.proc.returncode}:\n{self.log()}")
+                f"{self.proc.args[0]} exited with {self.proc.returncode}:\n{self.log()}"
+            )
 
     def stop(self):
         if self.proc.poll() is None:
@@ -85,7 +91,8 @@ def poll(what: str, fetch, done, proc: ScriptProcess, timeout: float = 40):
             last = exc
         time.sleep(0.3)
     raise AssertionError(
-        f"{what}: not after {timeout}s; last: {str(last)[-2000:]}\n{proc.log()[-4000:]}")
+        f"{what}: not after {timeout}s; last: {str(last)[-2000:]}\n{proc.log()[-4000:]}"
+    )
 
 
 def samples(text: str, metric: str, /, **labels) -> list[float]:
@@ -103,12 +110,26 @@ def exporter_venv():
     """Build .venv-exporter the way every start does: by running bin/celery-exporter
     (`--install` stops once the venv is in place). A cold build takes ~15-60 s."""
     script = str(ROOT / "bin" / "celery-exporter")
-    out = subprocess.run([script, "--install"], check=False, cwd=ROOT, env=script_env(),
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [script, "--install"],
+        check=False,
+        cwd=ROOT,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
     # The venv runs the real exporter: its CLI lists the metrics the test reads.
-    out = subprocess.run([script, "--help"], check=False, cwd=ROOT, env=script_env(),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [script, "--help"],
+        check=False,
+        cwd=ROOT,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
     assert "celery_task_succeeded_total" in out.stdout, out.stdout
     return ROOT / ".venv-exporter"
@@ -119,7 +140,9 @@ def flower(tmp_path, worker):
     port = free_port()
     auth = ("tester", secrets.token_urlsafe(16))
     proc = ScriptProcess(
-        tmp_path, "flower", [str(ROOT / "bin" / "flower")],
+        tmp_path,
+        "flower",
+        [str(ROOT / "bin" / "flower")],
         script_env(FLOWER_PORT=port, FLOWER_ADDRESS="127.0.0.1", FLOWER_BASIC_AUTH=":".join(auth)),
     )
     proc.url, proc.auth = f"http://127.0.0.1:{port}", auth
@@ -131,7 +154,9 @@ def flower(tmp_path, worker):
 def exporter(tmp_path, worker, exporter_venv):
     port = free_port()
     proc = ScriptProcess(
-        tmp_path, "celery-exporter", [str(ROOT / "bin" / "celery-exporter")],
+        tmp_path,
+        "celery-exporter",
+        [str(ROOT / "bin" / "celery-exporter")],
         script_env(EXPORTER_PORT=port, EXPORTER_ADDRESS="127.0.0.1"),
     )
     proc.url = f"http://127.0.0.1:{port}"
@@ -151,10 +176,18 @@ def test_flower_and_exporter_list_the_tasks_of_a_run(client, worker, flower, exp
 
     # Both consume the broker's event stream (Redis pub/sub: nothing is buffered for a
     # subscriber that is not there yet), so wait until each has seen the worker's heartbeat.
-    poll("flower sees the worker", lambda: http.get(f"{flower.url}/metrics", auth=flower.auth).text,
-         lambda text: samples(text, "flower_worker_online", worker=worker_name) == [1.0], flower)
-    poll("exporter sees the worker", lambda: http.get(f"{exporter.url}/metrics").text,
-         lambda text: samples(text, "celery_worker_up", hostname=host) == [1.0], exporter)
+    poll(
+        "flower sees the worker",
+        lambda: http.get(f"{flower.url}/metrics", auth=flower.auth).text,
+        lambda text: samples(text, "flower_worker_online", worker=worker_name) == [1.0],
+        flower,
+    )
+    poll(
+        "exporter sees the worker",
+        lambda: http.get(f"{exporter.url}/metrics").text,
+        lambda text: samples(text, "celery_worker_up", hostname=host) == [1.0],
+        exporter,
+    )
 
     # The run: paid sales, each one stockflow.run_job task.
     product(client, "FLW-1")
@@ -184,8 +217,9 @@ def test_flower_and_exporter_list_the_tasks_of_a_run(client, worker, flower, exp
     def all_succeeded(by_job: dict) -> bool:
         return len(by_job) == SALES and all(t["state"] == "SUCCESS" for t in by_job.values())
 
-    tasks = poll("flower lists a succeeded run_job task per job",
-                 run_job_tasks, all_succeeded, flower)
+    tasks = poll(
+        "flower lists a succeeded run_job task per job", run_job_tasks, all_succeeded, flower
+    )
     assert {t["name"] for t in tasks.values()} == {RUN_JOB}
     # Normally all on our worker; a concurrent test session on the same broker db may lend a hand.
     assert all(t["worker"].endswith(f"@{host}") for t in tasks.values()), tasks
@@ -194,9 +228,12 @@ def test_flower_and_exporter_list_the_tasks_of_a_run(client, worker, flower, exp
     def succeeded(text: str) -> float:
         return sum(samples(text, "celery_task_succeeded_total", name=RUN_JOB, hostname=host))
 
-    metrics = poll("exporter counts the run's run_job tasks",
-                   lambda: http.get(f"{exporter.url}/metrics").text,
-                   lambda text: succeeded(text) >= SALES, exporter)
+    metrics = poll(
+        "exporter counts the run's run_job tasks",
+        lambda: http.get(f"{exporter.url}/metrics").text,
+        lambda text: succeeded(text) >= SALES,
+        exporter,
+    )
     assert samples(metrics, "celery_worker_up", hostname=host) == [1.0]
     assert samples(metrics, "celery_task_runtime_count", name=RUN_JOB, hostname=host)
     assert samples(metrics, "celery_queue_length", queue_name="celery")

@@ -39,6 +39,7 @@ STOCKFLOW_FUZZ_STATEFUL_EXAMPLES / _STEPS, STOCKFLOW_FUZZ_SUMMARY (append a JSON
 requests and outcomes per operation to this file), STOCKFLOW_FUZZ_CHECKS=all (exploration:
 every schemathesis check, e.g. positive_data_acceptance; not the gate).
 """
+
 import collections
 import json
 import os
@@ -93,25 +94,109 @@ SALE_LINES = (1, 2, 3)
 # Links schemathesis cannot infer: (source path, method, status, link name, target path, method, link fields).
 # Added to the loaded document when both ends exist in it.
 EXTRA_LINKS = (
-    ("/api/products", "post", "201", "ReceiveIt", "/api/receipts", "post",
-     {"requestBody": {"sku": "$response.body#/sku"}}),
-    ("/api/products", "post", "201", "ItsStock", "/api/stock", "get",
-     {"parameters": {"query.sku": "$response.body#/sku"}}),
-    ("/api/products", "post", "201", "SellIt", "/api/sales", "post",
-     {"requestBody": {"lines": [{"sku": "$response.body#/sku"}]}}),
-    ("/api/receipts", "post", "201", "ItsStock", "/api/stock", "get",
-     {"parameters": {"query.sku": "$response.body#/sku", "query.location": "$response.body#/location"}}),
-    ("/api/receipts", "post", "201", "SellIt", "/api/sales", "post",
-     {"requestBody": {"location": "$response.body#/location", "lines": [{"sku": "$response.body#/sku"}]}}),
-    ("/api/sales", "post", "201", "PayIt", "/api/sales/{sale_id}/transition", "post",
-     {"parameters": {"path.sale_id": "$response.body#/id"}, "requestBody": {"to_status": "paid"}}),
-    ("/api/sales/{sale_id}", "get", "200", "RefundALine", "/api/sales/{sale_id}/refunds", "post",
-     {"parameters": {"path.sale_id": "$response.body#/id"},
-      "requestBody": {"kind": "partial", "lines": [{"sale_line_id": "$response.body#/lines/0/id"}]}}),
-    ("/api/sales/{sale_id}/transition", "post", "202", "RefundIt", "/api/sales/{sale_id}/refunds", "post",
-     {"parameters": {"path.sale_id": "$response.body#/job/sale_id"}, "requestBody": {"kind": "full"}}),
-    ("/public/leads", "post", "201", "OlderLeads", "/api/leads", "get",
-     {"parameters": {"query.before_id": "$response.body#/id"}}),
+    (
+        "/api/products",
+        "post",
+        "201",
+        "ReceiveIt",
+        "/api/receipts",
+        "post",
+        {"requestBody": {"sku": "$response.body#/sku"}},
+    ),
+    (
+        "/api/products",
+        "post",
+        "201",
+        "ItsStock",
+        "/api/stock",
+        "get",
+        {"parameters": {"query.sku": "$response.body#/sku"}},
+    ),
+    (
+        "/api/products",
+        "post",
+        "201",
+        "SellIt",
+        "/api/sales",
+        "post",
+        {"requestBody": {"lines": [{"sku": "$response.body#/sku"}]}},
+    ),
+    (
+        "/api/receipts",
+        "post",
+        "201",
+        "ItsStock",
+        "/api/stock",
+        "get",
+        {
+            "parameters": {
+                "query.sku": "$response.body#/sku",
+                "query.location": "$response.body#/location",
+            }
+        },
+    ),
+    (
+        "/api/receipts",
+        "post",
+        "201",
+        "SellIt",
+        "/api/sales",
+        "post",
+        {
+            "requestBody": {
+                "location": "$response.body#/location",
+                "lines": [{"sku": "$response.body#/sku"}],
+            }
+        },
+    ),
+    (
+        "/api/sales",
+        "post",
+        "201",
+        "PayIt",
+        "/api/sales/{sale_id}/transition",
+        "post",
+        {
+            "parameters": {"path.sale_id": "$response.body#/id"},
+            "requestBody": {"to_status": "paid"},
+        },
+    ),
+    (
+        "/api/sales/{sale_id}",
+        "get",
+        "200",
+        "RefundALine",
+        "/api/sales/{sale_id}/refunds",
+        "post",
+        {
+            "parameters": {"path.sale_id": "$response.body#/id"},
+            "requestBody": {
+                "kind": "partial",
+                "lines": [{"sale_line_id": "$response.body#/lines/0/id"}],
+            },
+        },
+    ),
+    (
+        "/api/sales/{sale_id}/transition",
+        "post",
+        "202",
+        "RefundIt",
+        "/api/sales/{sale_id}/refunds",
+        "post",
+        {
+            "parameters": {"path.sale_id": "$response.body#/job/sale_id"},
+            "requestBody": {"kind": "full"},
+        },
+    ),
+    (
+        "/public/leads",
+        "post",
+        "201",
+        "OlderLeads",
+        "/api/leads",
+        "get",
+        {"parameters": {"query.before_id": "$response.body#/id"}},
+    ),
 )
 
 
@@ -127,7 +212,10 @@ def add_links(document: dict) -> list[str]:
         response = paths.get(source, {}).get(method, {}).get("responses", {}).get(status)
         if response is None or target_method not in paths.get(target, {}):
             continue
-        response.setdefault("links", {})[name] = {"operationRef": _operation_ref(target, target_method), **fields}
+        response.setdefault("links", {})[name] = {
+            "operationRef": _operation_ref(target, target_method),
+            **fields,
+        }
         added.append(f"{method.upper()} {source} {status} -> {target_method.upper()} {target}")
     return added
 
@@ -136,38 +224,53 @@ def _config() -> Config:
     def known(dictionary: str, probability: float = 0.5) -> dict:
         return {"dictionary": dictionary, "probability": probability}
 
-    return Config.from_dict({
-        "seed": SEED,
-        "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
-        "dictionaries": {
-            "skus": {"values": list(SKUS)},
-            "locations": {"values": list(LOCATIONS)},
-            "lots": {"values": list(LOTS)},
-            "sale_ids": {"values": [PAID_SALE, DRAFT_SALE]},
-            "sale_line_ids": {"values": list(SALE_LINES)},
-        },
-        "parameters": {
-            "body.sku": known("skus"), "body.lines[*].sku": known("skus"), "query.sku": known("skus"),
-            "body.location": known("locations"), "query.location": known("locations"),
-            "body.lot": known("lots"),
-            "path.sale_id": known("sale_ids", 0.6),
-            "body.lines[*].sale_line_id": known("sale_line_ids", 0.6),
-        },
-        # Coverage cases are built when this module is imported, so the token must be known then:
-        # `seeded` installs this one (its hash) for every test.
-        "auth": {"openapi": {"BearerToken": {"bearer": FUZZ_TOKEN}}},
-        "checks": {"enabled": True} if EXPLORE_ALL_CHECKS else {
-            "enabled": False, **{name: {"enabled": True} for name in CHECKS}},
-        "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
-        "phases": {
-            "examples": {"enabled": True},
-            "coverage": {"enabled": True},
-            "fuzzing": {"enabled": True},
-            # Sequences are for reaching deep states (paid, refunded); malformed input is the job of the
-            # per-operation tests, which also aim it at the seeded paid and draft sales.
-            "stateful": {"enabled": True, "max-steps": STATEFUL_STEPS, "generation": {"mode": "positive"}},
-        },
-    })
+    return Config.from_dict(
+        {
+            "seed": SEED,
+            "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
+            "dictionaries": {
+                "skus": {"values": list(SKUS)},
+                "locations": {"values": list(LOCATIONS)},
+                "lots": {"values": list(LOTS)},
+                "sale_ids": {"values": [PAID_SALE, DRAFT_SALE]},
+                "sale_line_ids": {"values": list(SALE_LINES)},
+            },
+            "parameters": {
+                "body.sku": known("skus"),
+                "body.lines[*].sku": known("skus"),
+                "query.sku": known("skus"),
+                "body.location": known("locations"),
+                "query.location": known("locations"),
+                "body.lot": known("lots"),
+                "path.sale_id": known("sale_ids", 0.6),
+                "body.lines[*].sale_line_id": known("sale_line_ids", 0.6),
+            },
+            # Coverage cases are built when this module is imported, so the token must be known then:
+            # `seeded` installs this one (its hash) for every test.
+            "auth": {"openapi": {"BearerToken": {"bearer": FUZZ_TOKEN}}},
+            "checks": {"enabled": True}
+            if EXPLORE_ALL_CHECKS
+            else {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
+            "generation": {
+                "mode": "all",
+                "max-examples": MAX_EXAMPLES,
+                "deterministic": True,
+                "database": "none",
+            },
+            "phases": {
+                "examples": {"enabled": True},
+                "coverage": {"enabled": True},
+                "fuzzing": {"enabled": True},
+                # Sequences are for reaching deep states (paid, refunded); malformed input is the job of the
+                # per-operation tests, which also aim it at the seeded paid and draft sales.
+                "stateful": {
+                    "enabled": True,
+                    "max-steps": STATEFUL_STEPS,
+                    "generation": {"mode": "positive"},
+                },
+            },
+        }
+    )
 
 
 def _load_schema():
@@ -253,8 +356,11 @@ def fuzz_summary(request):
     started = time.monotonic()
     yield
     summary = {
-        "schemathesis": schemathesis.__version__, "seed": SEED, "max_examples": MAX_EXAMPLES,
-        "operations_in_document": len(list(schema.get_all_operations())), "added_links": ADDED_LINKS,
+        "schemathesis": schemathesis.__version__,
+        "seed": SEED,
+        "max_examples": MAX_EXAMPLES,
+        "operations_in_document": len(list(schema.get_all_operations())),
+        "added_links": ADDED_LINKS,
         "seconds": round(time.monotonic() - started, 1),
         **{name: tally.summary() for name, tally in TALLY.items()},
         "stateful_run": STATEFUL_RUN,
@@ -286,8 +392,12 @@ def seeded(django_db_reset_sequences, module_worker, settings):
     settings.LEADS_PER_MINUTE = settings.LEADS_PER_HOUR = 1_000_000
     token, _ = ApiToken.issue("fuzz")
     ApiToken.objects.filter(pk=token.pk).update(token_hash=hash_token(FUZZ_TOKEN))
-    with httpx.Client(transport=httpx.WSGITransport(app=application), base_url=BASE_URL,
-                      headers={"Authorization": f"Bearer {FUZZ_TOKEN}"}, timeout=30) as http:
+    with httpx.Client(
+        transport=httpx.WSGITransport(app=application),
+        base_url=BASE_URL,
+        headers={"Authorization": f"Bearer {FUZZ_TOKEN}"},
+        timeout=30,
+    ) as http:
         for sku in SKUS:
             h.product(http, sku, f"Fuzz {sku}")
             h.receive(http, sku, LOTS[0], 500, 60)
@@ -295,12 +405,22 @@ def seeded(django_db_reset_sequences, module_worker, settings):
         paid = h.sale(http, "FZ-S1", [(SKUS[0], 2), (SKUS[1], 1)])
         assert h.pay_and_wait(http, paid["id"])["status"] == "succeeded"
         first_line = paid["lines"][0]["id"]
-        refund = h.ok(h.refund(http, paid["id"], "fz-seed", kind="partial",
-                               lines=[{"sale_line_id": first_line, "quantity": 1}]), 202)["job"]
+        refund = h.ok(
+            h.refund(
+                http,
+                paid["id"],
+                "fz-seed",
+                kind="partial",
+                lines=[{"sale_line_id": first_line, "quantity": 1}],
+            ),
+            202,
+        )["job"]
         assert wait_for_job(http, refund["id"])["status"] == "succeeded"
         draft = h.sale(http, "FZ-S2", [(SKUS[0], 1)])
     lines = tuple(line["id"] for sale in (paid, draft) for line in sale["lines"])
-    assert (paid["id"], draft["id"], lines) == (PAID_SALE, DRAFT_SALE, SALE_LINES), "seeded ids moved"
+    assert (paid["id"], draft["id"], lines) == (PAID_SALE, DRAFT_SALE, SALE_LINES), (
+        "seeded ids moved"
+    )
     yield
     CURRENT.clear()
 
@@ -309,11 +429,15 @@ def seeded(django_db_reset_sequences, module_worker, settings):
 
 
 @schema.parametrize()
-@hypothesis_settings(suppress_health_check=[
-    # On purpose: an operation's examples share the seeded database of its test, as a caller's requests would.
-    HealthCheck.function_scoped_fixture,
-    HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large,
-])
+@hypothesis_settings(
+    suppress_health_check=[
+        # On purpose: an operation's examples share the seeded database of its test, as a caller's requests would.
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ]
+)
 def test_operation(case, seeded):
     """Examples, coverage and fuzzing phases of one operation; positive and negative inputs."""
     case.call_and_validate()
@@ -329,8 +453,15 @@ class Found:
         for failure in group.exceptions:
             key = (case.operation.label, failure.code, failure.title)
             if key not in {f["key"] for f in self.failures}:
-                self.failures.append({"key": key, "failure": failure, "curl": case.as_curl_command(),
-                                      "status": response.status_code, "body": response.text[:2000]})
+                self.failures.append(
+                    {
+                        "key": key,
+                        "failure": failure,
+                        "curl": case.as_curl_command(),
+                        "status": response.status_code,
+                        "body": response.text[:2000],
+                    }
+                )
 
     def report(self) -> str:
         return "\n\n".join(
@@ -345,8 +476,11 @@ def _is_inconsistent_replay(exc: BaseException) -> bool:
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return (isinstance(exc, AssertionError) and tb is not None
-            and tb.tb_frame.f_globals.get("__name__") == "hypothesis.internal.conjecture.datatree")
+    return (
+        isinstance(exc, AssertionError)
+        and tb is not None
+        and tb.tb_frame.f_globals.get("__name__") == "hypothesis.internal.conjecture.datatree"
+    )
 
 
 def test_stateful(seeded):
@@ -359,7 +493,9 @@ def test_stateful(seeded):
     found = Found()
     scenarios = [0]
     base = schema.as_state_machine()
-    assert schema.statistic.transitions.selected > 0, "no links: the stateful phase would test nothing"
+    assert schema.statistic.transitions.selected > 0, (
+        "no links: the stateful phase would test nothing"
+    )
 
     class Workflow(base):
         def setup(self):
@@ -367,7 +503,9 @@ def test_stateful(seeded):
 
         def validate_response(self, response, case, additional_checks=None, **kwargs):
             try:
-                super().validate_response(response, case, additional_checks=additional_checks, **kwargs)
+                super().validate_response(
+                    response, case, additional_checks=additional_checks, **kwargs
+                )
             except FailureGroup as group:
                 found.add(case, response, group)
                 raise
@@ -379,16 +517,19 @@ def test_stateful(seeded):
         if budget <= 0:
             break
         try:
-            run_state_machine_as_test(hypothesis_seed(SEED + attempt)(Workflow), settings=hypothesis_settings(
-                base.TestCase.settings,
-                max_examples=budget,
-                stateful_step_count=STATEFUL_STEPS,
-                derandomize=False,
-                database=None,
-                deadline=None,
-                phases=[Phase.explicit, Phase.generate, Phase.shrink],
-                suppress_health_check=list(HealthCheck),
-            ))
+            run_state_machine_as_test(
+                hypothesis_seed(SEED + attempt)(Workflow),
+                settings=hypothesis_settings(
+                    base.TestCase.settings,
+                    max_examples=budget,
+                    stateful_step_count=STATEFUL_STEPS,
+                    derandomize=False,
+                    database=None,
+                    deadline=None,
+                    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+                    suppress_health_check=list(HealthCheck),
+                ),
+            )
             break
         except FailureGroup:
             raise  # reproduced and shrunk by Hypothesis: the best report there is

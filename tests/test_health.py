@@ -1,4 +1,5 @@
 """Liveness and readiness as a load balancer and the on-call engineer see them."""
+
 import time
 
 import httpx
@@ -20,8 +21,10 @@ def ready(web: WebProcess, want: int, timeout: float = 20) -> dict:
 def test_readyz_is_200_with_every_dependency_up(tmp_path, worker):
     web = WebProcess(tmp_path, "ready")
     try:
-        assert ready(web, 200) == {"status": "ok", "checks": {
-            "database": "ok", "broker": "ok", "redis": "ok", "worker": "ok"}}
+        assert ready(web, 200) == {
+            "status": "ok",
+            "checks": {"database": "ok", "broker": "ok", "redis": "ok", "worker": "ok"},
+        }
         assert httpx.get(f"{web.url}/healthz", timeout=5).json() == {"status": "ok"}
     finally:
         web.stop()

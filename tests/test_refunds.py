@@ -1,4 +1,5 @@
 """sale.refund through the real stack: full and partial refunds, over-refund, idempotency."""
+
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,7 +19,9 @@ def worker(module_worker):
 
 def world() -> dict:
     return {
-        "moves": list(StockMove.objects.order_by("id").values_list("id", "kind", "batch_id", "quantity")),
+        "moves": list(
+            StockMove.objects.order_by("id").values_list("id", "kind", "batch_id", "quantity")
+        ),
         "on_hand": dict(StockOnHand.objects.values_list("batch_id", "quantity")),
         "sales": dict(Sale.objects.values_list("id", "status")),
         "refunds": Refund.objects.count(),
@@ -98,7 +101,10 @@ def test_full_refund_restores_the_exact_batches_of_the_sale(client, paid_sale):
     assert {l["id"]: l["refunded"] for l in body["lines"]} == {paid_sale["a"]: 6, paid_sale["b"]: 2}
     refund_row = Refund.objects.get(sale_id=sid)
     assert refund_row.kind == "full"
-    assert dict(refund_row.lines.values_list("sale_line_id", "quantity")) == {paid_sale["a"]: 6, paid_sale["b"]: 2}
+    assert dict(refund_row.lines.values_list("sale_line_id", "quantity")) == {
+        paid_sale["a"]: 6,
+        paid_sale["b"]: 2,
+    }
     assert StockMove.objects.filter(kind="REFUND_IN", job_id=job["id"]).count() == 4
 
 
@@ -118,8 +124,13 @@ def test_partial_refunds_restore_latest_expiry_first_until_refunded(client, paid
     assert status_of(client, sid) == "partially_refunded"
     assert on_hand(client, "RA") == {"EARLY": 1, "MID": 3, "LATE": 10}
 
-    last = refund_and_wait(client, sid, "p-3", "partial",
-                           [{"sale_line_id": b, "quantity": 2}, {"sale_line_id": a, "quantity": 1}])
+    last = refund_and_wait(
+        client,
+        sid,
+        "p-3",
+        "partial",
+        [{"sale_line_id": b, "quantity": 2}, {"sale_line_id": a, "quantity": 1}],
+    )
     assert last["status"] == "succeeded", last
     assert sorted(result_moves(last)) == sorted([(a, "EARLY", 1), (b, "B1", 2)])
     assert status_of(client, sid) == "refunded"
@@ -132,10 +143,15 @@ def test_partial_refunds_restore_latest_expiry_first_until_refunded(client, paid
 
 def test_full_refund_after_a_partial_refunds_only_the_rest(client, paid_sale):
     sid, a, b = paid_sale["id"], paid_sale["a"], paid_sale["b"]
-    assert refund_and_wait(client, sid, "p", "partial", [{"sale_line_id": a, "quantity": 4}])["status"] == "succeeded"
+    assert (
+        refund_and_wait(client, sid, "p", "partial", [{"sale_line_id": a, "quantity": 4}])["status"]
+        == "succeeded"
+    )
     job = refund_and_wait(client, sid, "f")
     assert job["status"] == "succeeded", job
-    assert dict(Refund.objects.get(idempotency_key="f").lines.values_list("sale_line_id", "quantity")) == {a: 2, b: 2}
+    assert dict(
+        Refund.objects.get(idempotency_key="f").lines.values_list("sale_line_id", "quantity")
+    ) == {a: 2, b: 2}
     assert status_of(client, sid) == "refunded"
     assert moves_of(sid, "REFUND_IN") == moves_of(sid, "SALE_OUT")
 
@@ -143,34 +159,69 @@ def test_full_refund_after_a_partial_refunds_only_the_rest(client, paid_sale):
 def test_one_line_repeated_in_a_refund_is_summed(client, paid_sale):
     sid, a = paid_sale["id"], paid_sale["a"]
     rid = "refund-desk-0001"
-    r = client.post(f"/api/sales/{sid}/refunds", headers={"Idempotency-Key": "rep", "X-Request-ID": rid},
-                    json={"kind": "partial", "lines": [{"sale_line_id": a, "quantity": 1}, {"sale_line_id": a, "quantity": 2}]})
+    r = client.post(
+        f"/api/sales/{sid}/refunds",
+        headers={"Idempotency-Key": "rep", "X-Request-ID": rid},
+        json={
+            "kind": "partial",
+            "lines": [{"sale_line_id": a, "quantity": 1}, {"sale_line_id": a, "quantity": 2}],
+        },
+    )
     assert r.status_code == 202, r.text
     job = wait_for_job(client, r.json()["job"]["id"])
     assert job["status"] == "succeeded", job
-    assert list(RefundLine.objects.filter(refund__sale_id=sid).values_list("sale_line_id", "quantity")) == [(a, 3)]
+    assert list(
+        RefundLine.objects.filter(refund__sale_id=sid).values_list("sale_line_id", "quantity")
+    ) == [(a, 3)]
     assert result_moves(job) == [(a, "LATE", 1), (a, "MID", 2)]
-    assert set(StockMove.objects.filter(kind="REFUND_IN").values_list("request_id", flat=True)) == {rid}
+    assert set(StockMove.objects.filter(kind="REFUND_IN").values_list("request_id", flat=True)) == {
+        rid
+    }
 
 
 def test_over_refund_is_refused_at_accept_time_and_writes_nothing(client, paid_sale):
     sid, a = paid_sale["id"], paid_sale["a"]
-    assert refund_and_wait(client, sid, "p", "partial", [{"sale_line_id": a, "quantity": 5}])["status"] == "succeeded"
+    assert (
+        refund_and_wait(client, sid, "p", "partial", [{"sale_line_id": a, "quantity": 5}])["status"]
+        == "succeeded"
+    )
     before = world()
 
-    err = assert_error(refund(client, sid, "too-much", "partial", [{"sale_line_id": a, "quantity": 2}]), 422, "over_refund")
+    err = assert_error(
+        refund(client, sid, "too-much", "partial", [{"sale_line_id": a, "quantity": 2}]),
+        422,
+        "over_refund",
+    )
     assert err["details"] == [{"sale_line_id": a, "requested": 2, "refundable": 1}]
     # One line repeated in a request counts in total: 1 + 1 > 1.
-    assert_error(refund(client, sid, "split", "partial",
-                        [{"sale_line_id": a, "quantity": 1}, {"sale_line_id": a, "quantity": 1}]), 422, "over_refund")
+    assert_error(
+        refund(
+            client,
+            sid,
+            "split",
+            "partial",
+            [{"sale_line_id": a, "quantity": 1}, {"sale_line_id": a, "quantity": 1}],
+        ),
+        422,
+        "over_refund",
+    )
     assert world() == before
     assert status_of(client, sid) == "partially_refunded"
 
 
 def test_more_than_sold_in_one_request_is_over_refund(client, paid_sale):
     before = world()
-    assert_error(refund(client, paid_sale["id"], "k", "partial", [{"sale_line_id": paid_sale["b"], "quantity": 3}]),
-                 422, "over_refund")
+    assert_error(
+        refund(
+            client,
+            paid_sale["id"],
+            "k",
+            "partial",
+            [{"sale_line_id": paid_sale["b"], "quantity": 3}],
+        ),
+        422,
+        "over_refund",
+    )
     assert world() == before
     assert status_of(client, paid_sale["id"]) == "paid"
 
@@ -228,9 +279,14 @@ def test_concurrent_partial_refunds_that_together_over_refund(client, worker, sh
 
 def test_same_key_same_body_returns_the_same_job(client, paid_sale):
     sid, a = paid_sale["id"], paid_sale["a"]
-    body_lines = [{"sale_line_id": a, "quantity": 1}, {"sale_line_id": paid_sale["b"], "quantity": 1}]
+    body_lines = [
+        {"sale_line_id": a, "quantity": 1},
+        {"sale_line_id": paid_sale["b"], "quantity": 1},
+    ]
     first = refund(client, sid, "same", "partial", body_lines)
-    again = refund(client, sid, "same", "partial", list(reversed(body_lines)))  # same body, other line order
+    again = refund(
+        client, sid, "same", "partial", list(reversed(body_lines))
+    )  # same body, other line order
     assert first.status_code == 202 and again.status_code == 202, (first.text, again.text)
     assert again.json()["job"]["id"] == first.json()["job"]["id"]
 
@@ -256,7 +312,11 @@ def test_same_key_other_body_is_an_idempotency_conflict(client, paid_sale):
     wait_for_job(client, first.json()["job"]["id"])
     before = world()
 
-    assert_error(refund(client, sid, "k1", "partial", [{"sale_line_id": a, "quantity": 2}]), 409, "idempotency_conflict")
+    assert_error(
+        refund(client, sid, "k1", "partial", [{"sale_line_id": a, "quantity": 2}]),
+        409,
+        "idempotency_conflict",
+    )
     assert_error(refund(client, sid, "k1", "full"), 409, "idempotency_conflict")
     assert world() == before
 
@@ -265,7 +325,11 @@ def test_refund_without_idempotency_key_is_400(client, paid_sale):
     before = world()
     r = client.post(f"/api/sales/{paid_sale['id']}/refunds", json={"kind": "full"})
     assert_error(r, 400, "malformed_request")
-    r = client.post(f"/api/sales/{paid_sale['id']}/refunds", json={"kind": "full"}, headers={"Idempotency-Key": ""})
+    r = client.post(
+        f"/api/sales/{paid_sale['id']}/refunds",
+        json={"kind": "full"},
+        headers={"Idempotency-Key": ""},
+    )
     assert_error(r, 400, "malformed_request")
     assert world() == before
     assert status_of(client, paid_sale["id"]) == "paid"
@@ -277,8 +341,13 @@ def test_refund_of_an_unpaid_sale_is_invalid_transition(client, worker):
     s = sale(client, "S-UNP", [("UNP", 1)])
     before = world()
     assert_error(refund(client, s["id"], "k"), 409, "invalid_transition")
-    assert_error(refund(client, s["id"], "k2", "partial", [{"sale_line_id": s["lines"][0]["id"], "quantity": 1}]),
-                 409, "invalid_transition")
+    assert_error(
+        refund(
+            client, s["id"], "k2", "partial", [{"sale_line_id": s["lines"][0]["id"], "quantity": 1}]
+        ),
+        409,
+        "invalid_transition",
+    )
     ok(client.post(f"/api/sales/{s['id']}/transition", json={"to_status": "cancelled"}), 200)
     assert_error(refund(client, s["id"], "k3"), 409, "invalid_transition")
     assert world() | {"sales": None} == before | {"sales": None}

@@ -1,4 +1,5 @@
 """Token scopes, revocation, the audit trail, and production settings."""
+
 import os
 import subprocess
 import sys
@@ -18,7 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bearer(live_server, raw):
-    return httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {raw}"}, timeout=30)
+    return httpx.Client(
+        base_url=live_server.url, headers={"Authorization": f"Bearer {raw}"}, timeout=30
+    )
 
 
 @pytest.fixture
@@ -33,24 +36,44 @@ def paid_sale(client, worker):
 def test_wrong_scope_is_403_and_writes_nothing(live_server, client, paid_sale):
     _, raw = ApiToken.issue("reader", [scopes.READ])
     with bearer(live_server, raw) as reader:
-        assert ok(reader.get(f"/api/sales/{paid_sale['id']}"), 200)["status"] == "paid"  # reading is fine
+        assert (
+            ok(reader.get(f"/api/sales/{paid_sale['id']}"), 200)["status"] == "paid"
+        )  # reading is fine
         jobs, refunds, sales = Job.objects.count(), Refund.objects.count(), Sale.objects.count()
         answers = [
-            reader.post(f"/api/sales/{paid_sale['id']}/refunds", json={"kind": "full"}, headers={"Idempotency-Key": "k1"}),
-            reader.post("/api/sales", json={"number": "X", "location": "MAIN",
-                                            "lines": [{"sku": "SEC", "quantity": 1, "unit_price": "1.00"}]}),
+            reader.post(
+                f"/api/sales/{paid_sale['id']}/refunds",
+                json={"kind": "full"},
+                headers={"Idempotency-Key": "k1"},
+            ),
+            reader.post(
+                "/api/sales",
+                json={
+                    "number": "X",
+                    "location": "MAIN",
+                    "lines": [{"sku": "SEC", "quantity": 1, "unit_price": "1.00"}],
+                },
+            ),
             reader.post("/api/products", json={"sku": "NEW", "name": "n"}),
             reader.get("/api/leads"),
         ]
     for r in answers:
         assert r.status_code == 403, r.text
         assert r.json()["error"]["code"] == "forbidden"
-    assert (Job.objects.count(), Refund.objects.count(), Sale.objects.count()) == (jobs, refunds, sales)
+    assert (Job.objects.count(), Refund.objects.count(), Sale.objects.count()) == (
+        jobs,
+        refunds,
+        sales,
+    )
 
     # sales:write alone cannot refund either: refunds need refunds:write.
     _, raw = ApiToken.issue("cashier", [scopes.SALES_WRITE, scopes.READ])
     with bearer(live_server, raw) as cashier:
-        r = cashier.post(f"/api/sales/{paid_sale['id']}/refunds", json={"kind": "full"}, headers={"Idempotency-Key": "k2"})
+        r = cashier.post(
+            f"/api/sales/{paid_sale['id']}/refunds",
+            json={"kind": "full"},
+            headers={"Idempotency-Key": "k2"},
+        )
     assert r.status_code == 403 and Refund.objects.count() == refunds
 
 
@@ -66,8 +89,13 @@ def test_revoked_token_is_401_and_last_use_is_recorded(live_server):
 
 
 def test_tokens_are_stored_hashed_and_shown_once(transactional_db):
-    result = subprocess.run([sys.executable, "manage.py", "create_api_token", "ci-bot", "--scopes", "read"],
-                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "STOCKFLOW_USE_TEST_DATABASE": "1"})
+    result = subprocess.run(
+        [sys.executable, "manage.py", "create_api_token", "ci-bot", "--scopes", "read"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "STOCKFLOW_USE_TEST_DATABASE": "1"},
+    )
     assert result.returncode == 0, result.stderr
     raw = result.stdout.strip().splitlines()[-1]
     assert raw.startswith("sf_") and len(raw) > 40
@@ -76,42 +104,85 @@ def test_tokens_are_stored_hashed_and_shown_once(transactional_db):
     assert raw not in stored.token_hash and ApiToken.authenticate(raw) == stored
 
 
-def test_audit_trail_records_accepted_and_rejected_requests_without_pii(client, paid_sale, live_server):
+def test_audit_trail_records_accepted_and_rejected_requests_without_pii(
+    client, paid_sale, live_server
+):
     rid = "audit-request-0001"
-    accepted = client.post(f"/api/sales/{paid_sale['id']}/refunds", json={"kind": "full"},
-                           headers={"Idempotency-Key": "a1", "X-Request-ID": rid})
+    accepted = client.post(
+        f"/api/sales/{paid_sale['id']}/refunds",
+        json={"kind": "full"},
+        headers={"Idempotency-Key": "a1", "X-Request-ID": rid},
+    )
     job_id = ok(accepted, 202)["job"]["id"]
-    rejected = client.post(f"/api/sales/{paid_sale['id']}/transition", json={"to_status": "pending"})
+    rejected = client.post(
+        f"/api/sales/{paid_sale['id']}/transition", json={"to_status": "pending"}
+    )
     assert rejected.status_code == 409
     _, raw = ApiToken.issue("reader", [scopes.READ])
     with bearer(live_server, raw) as reader:
-        assert reader.post(f"/api/sales/{paid_sale['id']}/refunds", json={"kind": "full"},
-                           headers={"Idempotency-Key": "a2"}).status_code == 403
+        assert (
+            reader.post(
+                f"/api/sales/{paid_sale['id']}/refunds",
+                json={"kind": "full"},
+                headers={"Idempotency-Key": "a2"},
+            ).status_code
+            == 403
+        )
 
-    rows = list(AuditEntry.objects.order_by("id").values("token_name", "action", "sale_id", "request_id", "outcome",
-                                                          "status_code", "job_id"))
+    rows = list(
+        AuditEntry.objects.order_by("id").values(
+            "token_name", "action", "sale_id", "request_id", "outcome", "status_code", "job_id"
+        )
+    )
     tail = rows[-3:]
-    assert tail[0] == {"token_name": "tests", "action": "sale.refund", "sale_id": paid_sale["id"], "request_id": rid,
-                       "outcome": "accepted", "status_code": 202, "job_id": __import__("uuid").UUID(job_id)}
+    assert tail[0] == {
+        "token_name": "tests",
+        "action": "sale.refund",
+        "sale_id": paid_sale["id"],
+        "request_id": rid,
+        "outcome": "accepted",
+        "status_code": 202,
+        "job_id": __import__("uuid").UUID(job_id),
+    }
     assert tail[1]["outcome"] == "invalid_transition" and tail[1]["status_code"] == 409
-    assert tail[2]["token_name"] == "reader" and tail[2]["outcome"] == "forbidden" and tail[2]["status_code"] == 403
-    assert any(r["action"] == "sale.transition" and r["outcome"] == "accepted" for r in rows)  # the fixture's PAID
+    assert (
+        tail[2]["token_name"] == "reader"
+        and tail[2]["outcome"] == "forbidden"
+        and tail[2]["status_code"] == 403
+    )
+    assert any(
+        r["action"] == "sale.transition" and r["outcome"] == "accepted" for r in rows
+    )  # the fixture's PAID
 
 
 def test_audit_trail_and_ledger_are_append_only(client, paid_sale):
     assert AuditEntry.objects.exists()
-    for sql in ("UPDATE core_auditentry SET outcome = 'x'", "DELETE FROM core_auditentry",
-                "UPDATE inventory_stockmove SET quantity = 0", "DELETE FROM inventory_stockmove"):
+    for sql in (
+        "UPDATE core_auditentry SET outcome = 'x'",
+        "DELETE FROM core_auditentry",
+        "UPDATE inventory_stockmove SET quantity = 0",
+        "DELETE FROM inventory_stockmove",
+    ):
         with pytest.raises(Exception, match="append-only"):
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(sql)
 
 
 def test_production_settings_pass_check_deploy():
-    env = {**os.environ, "STOCKFLOW_ENV": "production", "DJANGO_SECRET_KEY": "k" * 20 + "-Zq9!x" * 10,
-           "DJANGO_ALLOWED_HOSTS": "stockflow.example.com", "DJANGO_SETTINGS_MODULE": "api.settings"}
-    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-                            cwd=ROOT, env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "STOCKFLOW_ENV": "production",
+        "DJANGO_SECRET_KEY": "k" * 20 + "-Zq9!x" * 10,
+        "DJANGO_ALLOWED_HOSTS": "stockflow.example.com",
+        "DJANGO_SETTINGS_MODULE": "api.settings",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
@@ -119,7 +190,9 @@ def test_production_settings_pass_check_deploy():
 def test_production_refuses_to_start_without_a_secret_key():
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
     env.update(STOCKFLOW_ENV="production", DJANGO_SETTINGS_MODULE="api.settings")
-    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert result.returncode != 0 and "DJANGO_SECRET_KEY must be set" in result.stderr
 
 

@@ -12,6 +12,7 @@ unexpected database error (a non-transient error: the task fails at once); a row
 held by the test plus `lock_timeout` (PGOPTIONS, read by libpq in the worker) gives a
 real transient fault that is retried.
 """
+
 import json
 import re
 import time
@@ -62,7 +63,10 @@ def web_sentry(sentry_server):
     *test's* httpx client, which would then put one trace header on every request and
     make all traces equal (the trace assertion would prove nothing)."""
     assert app_sentry.init(
-        dsn=sentry_server.dsn, traces_sample_rate=1.0, environment="test", release="stockflow-tests",
+        dsn=sentry_server.dsn,
+        traces_sample_rate=1.0,
+        environment="test",
+        release="stockflow-tests",
         auto_enabling_integrations=False,
     )
     yield sentry_server
@@ -90,8 +94,11 @@ def sentry_worker(worker_factory, sentry_server):
     def start(**env):
         # Rate 0: tracing on in the worker, following each job's web sampling decision.
         return worker_factory(
-            SENTRY_DSN=sentry_server.dsn, SENTRY_ENVIRONMENT="test", SENTRY_RELEASE="stockflow-tests",
-            SENTRY_TRACES_SAMPLE_RATE="0", **env
+            SENTRY_DSN=sentry_server.dsn,
+            SENTRY_ENVIRONMENT="test",
+            SENTRY_RELEASE="stockflow-tests",
+            SENTRY_TRACES_SAMPLE_RATE="0",
+            **env,
         )
 
     return start
@@ -126,8 +133,10 @@ def failing_paid_hook(transactional_db):
 
     yield install
     with connection.cursor() as cur:
-        cur.execute("DROP TRIGGER IF EXISTS sentry_test_reject_paid ON sales_sale;"
-                    "DROP FUNCTION IF EXISTS sentry_test_reject_paid();")
+        cur.execute(
+            "DROP TRIGGER IF EXISTS sentry_test_reject_paid ON sales_sale;"
+            "DROP FUNCTION IF EXISTS sentry_test_reject_paid();"
+        )
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -140,9 +149,12 @@ def error_events(server: SentryServer) -> list[dict]:
 
 def web_transaction(server: SentryServer, path_suffix: str) -> dict:
     def find(s):
-        return [t for t in s.transactions()
-                if (t.get("request") or {}).get("url", "").endswith(path_suffix)
-                and (t.get("request") or {}).get("method") == "POST"]
+        return [
+            t
+            for t in s.transactions()
+            if (t.get("request") or {}).get("url", "").endswith(path_suffix)
+            and (t.get("request") or {}).get("method") == "POST"
+        ]
 
     found = server.wait_for(find, timeout=10)
     assert len(found) == 1, found
@@ -150,13 +162,19 @@ def web_transaction(server: SentryServer, path_suffix: str) -> dict:
 
 
 def failing_sale(client, sku: str, number: str) -> dict:
-    product(client, sku, name=PERSON)  # a product name that is a person's name: keyed `name`, redacted
+    product(
+        client, sku, name=PERSON
+    )  # a product name that is a person's name: keyed `name`, redacted
     receive(client, sku, "L1", 5, 30)
     return sale(client, number, [(sku, 2)])
 
 
 def pii_headers(rid: str) -> dict:
-    return {"X-Request-ID": rid, "X-Forwarded-For": CLIENT_IP, "Cookie": f"sessionid={COOKIE_VALUE}"}
+    return {
+        "X-Request-ID": rid,
+        "X-Forwarded-For": CLIENT_IP,
+        "Cookie": f"sessionid={COOKIE_VALUE}",
+    }
 
 
 # --- 1 + 4 + 5: a job failing for good -------------------------------------------------------
@@ -171,7 +189,9 @@ def test_job_failing_for_good_sends_one_tagged_grouped_event_linked_to_the_web_t
     s = failing_sale(client, "SNT-FAIL", "S-SENTRY-FAIL")
     rid = "sentry-chosen-id-0001"
 
-    response = client.post(f"/api/sales/{s['id']}/transition", json={"to_status": "paid"}, headers=pii_headers(rid))
+    response = client.post(
+        f"/api/sales/{s['id']}/transition", json={"to_status": "paid"}, headers=pii_headers(rid)
+    )
     job = ok(response, 202)["job"]
     finished = wait_for_job(client, job["id"])
 
@@ -195,7 +215,10 @@ def test_job_failing_for_good_sends_one_tagged_grouped_event_linked_to_the_web_t
     # Tags and grouping. Sentry lists a chain innermost first: psycopg's RaiseException,
     # then the Django wrapper that escaped the task, which names the group.
     chain = [(v.get("module"), v["type"]) for v in event["exception"]["values"]]
-    assert chain == [("psycopg.errors", "RaiseException"), ("django.db.utils", "ProgrammingError")], chain
+    assert chain == [
+        ("psycopg.errors", "RaiseException"),
+        ("django.db.utils", "ProgrammingError"),
+    ], chain
     tags = event["tags"]
     assert tags["request_id"] == rid
     assert tags["job_id"] == job["id"]
@@ -208,9 +231,14 @@ def test_job_failing_for_good_sends_one_tagged_grouped_event_linked_to_the_web_t
     web = web_transaction(server, f"/api/sales/{s['id']}/transition")
     trace_id = web["contexts"]["trace"]["trace_id"]
     assert event["contexts"]["trace"]["trace_id"] == trace_id
-    web_traces = [t["contexts"]["trace"]["trace_id"] for t in server.transactions()
-                  if t.get("request") and "/transition" not in t["request"].get("url", "")]
-    assert web_traces and trace_id not in web_traces, "every request shares one trace: the check would prove nothing"
+    web_traces = [
+        t["contexts"]["trace"]["trace_id"]
+        for t in server.transactions()
+        if t.get("request") and "/transition" not in t["request"].get("url", "")
+    ]
+    assert web_traces and trace_id not in web_traces, (
+        "every request shares one trace: the check would prove nothing"
+    )
     submit = [sp for sp in web.get("spans", []) if sp.get("op") == "queue.submit.celery"]
     assert len(submit) == 1 and submit[0]["description"] == TASK, web.get("spans")
     # The worker's own transaction for the task (sampled because the web's was) hangs
@@ -228,10 +256,14 @@ def test_job_failing_for_good_sends_one_tagged_grouped_event_linked_to_the_web_t
     assert "payment hook rejected sale S-SENTRY-FAIL" in value and "[redacted]" in value, value
     # The product's request body (name = a person's name) was redacted by key.
     created = web_transaction(server, "/api/products")
-    assert (created.get("request") or {}).get("data", {}).get("name") in (None, "[redacted]"), created.get("request")
+    assert (created.get("request") or {}).get("data", {}).get("name") in (None, "[redacted]"), (
+        created.get("request")
+    )
 
 
-def assert_no_personal_data(server: SentryServer, token: str, kinds=("event", "transaction")) -> None:
+def assert_no_personal_data(
+    server: SentryServer, token: str, kinds=("event", "transaction")
+) -> None:
     raw = server.raw()
     for secret in (EMAIL, PHONE, PERSON, CLIENT_IP, DB_IP, COOKIE_VALUE, token):
         assert secret.encode() not in raw, f"{secret!r} reached Sentry"
@@ -244,9 +276,14 @@ def assert_no_personal_data(server: SentryServer, token: str, kinds=("event", "t
         assert not PHONE_RE.search(payload), (item_type, PHONE_RE.findall(payload))
         if item_type in ("event", "transaction"):
             # `modules` lists package versions, some of which look like IPv4 (1.1.1.2).
-            payload = json.dumps({k: v for k, v in json.loads(payload).items() if k != "modules"}).encode()
+            payload = json.dumps(
+                {k: v for k, v in json.loads(payload).items() if k != "modules"}
+            ).encode()
         # 127.0.0.1 is the test's own loopback (live server / DSN host), not a person's address.
-        assert set(IPV4_RE.findall(payload)) <= {b"127.0.0.1"}, (item_type, IPV4_RE.findall(payload))
+        assert set(IPV4_RE.findall(payload)) <= {b"127.0.0.1"}, (
+            item_type,
+            IPV4_RE.findall(payload),
+        )
 
     for ev in server.events() + server.transactions():
         assert "user" not in ev, ev.get("user")
@@ -255,7 +292,10 @@ def assert_no_personal_data(server: SentryServer, token: str, kinds=("event", "t
         assert not request.get("cookies"), request
         headers = {k.lower(): v for k, v in (request.get("headers") or {}).items()}
         for name in ("authorization", "cookie", "x-forwarded-for"):
-            assert headers.get(name) in (None, "[Filtered]", "[redacted]", ""), (name, headers.get(name))
+            assert headers.get(name) in (None, "[Filtered]", "[redacted]", ""), (
+                name,
+                headers.get(name),
+            )
 
 
 def test_web_errors_only_reports_an_unexpected_error_once_tagged_without_pii(
@@ -269,8 +309,11 @@ def test_web_errors_only_reports_an_unexpected_error_once_tagged_without_pii(
     s = failing_sale(client, "SNT-WEB", "S-SENTRY-WEB")
     rid = "sentry-web-error-0001"
 
-    response = client.post(f"/api/sales/{s['id']}/transition", json={"to_status": "cancelled"},
-                           headers=pii_headers(rid))
+    response = client.post(
+        f"/api/sales/{s['id']}/transition",
+        json={"to_status": "cancelled"},
+        headers=pii_headers(rid),
+    )
     assert response.status_code == 500, response.text
     assert response.json()["error"]["request_id"] == rid
     assert EMAIL not in response.text and "Traceback" not in response.text
@@ -282,11 +325,17 @@ def test_web_errors_only_reports_an_unexpected_error_once_tagged_without_pii(
     assert events[0]["tags"]["request_id"] == rid, events[0].get("tags")
     event = events[0]
     assert event["level"] == "error"
-    assert event["request"] == {"method": "POST", "url": f"/api/sales/{s['id']}/transition"}, event.get("request")
-    assert event["exception"]["values"][-1]["type"] == "ProgrammingError", event["exception"]["values"]
+    assert event["request"] == {"method": "POST", "url": f"/api/sales/{s['id']}/transition"}, (
+        event.get("request")
+    )
+    assert event["exception"]["values"][-1]["type"] == "ProgrammingError", event["exception"][
+        "values"
+    ]
     # The handler's ERROR log line rode along as a breadcrumb (scrubbed like the rest).
     crumbs = (event.get("breadcrumbs") or {}).get("values", [])
-    assert any(c.get("category") == "api.http.api" and c.get("level") == "error" for c in crumbs), crumbs
+    assert any(c.get("category") == "api.http.api" and c.get("level") == "error" for c in crumbs), (
+        crumbs
+    )
     assert not server.transactions(), "errors only: no transactions"
     sentry_sdk.get_client().flush(timeout=5)
     assert_no_personal_data(server, token, kinds=("event",))
@@ -310,12 +359,16 @@ def test_business_failures_successes_and_retries_send_no_event(client, web_sentr
     insufficient = wait_for_job(client, pay(client, short["id"])["id"])
     line_id = paid["lines"][0]["id"]
     partial = [{"sale_line_id": line_id, "quantity": 1}]
-    refunded = wait_for_job(client, ok(refund(client, paid["id"], "refund-1", "partial", partial), 202)["job"]["id"])
+    refunded = wait_for_job(
+        client, ok(refund(client, paid["id"], "refund-1", "partial", partial), 202)["job"]["id"]
+    )
     too_much = [{"sale_line_id": line_id, "quantity": 2}]
     over = refund(client, paid["id"], "refund-2", "partial", too_much)  # 1 left: refused by the API
 
     assert succeeded["status"] == "succeeded", succeeded
-    assert insufficient["status"] == "failed" and insufficient["error"]["code"] == "insufficient_stock", insufficient
+    assert (
+        insufficient["status"] == "failed" and insufficient["error"]["code"] == "insufficient_stock"
+    ), insufficient
     assert refunded["status"] == "succeeded", refunded
     assert over.status_code == 422 and over.json()["error"]["code"] == "over_refund", over.text
 
@@ -325,7 +378,10 @@ def test_business_failures_successes_and_retries_send_no_event(client, web_sentr
     s = sale(client, "S-SENTRY-RETRY", [("SNT-RETRY", 1)])
     with psycopg.connect(**connection.get_connection_params()) as holder:
         # The stock row: the job locks it after the sale; the API request does not touch it.
-        holder.execute("SELECT 1 FROM inventory_stockonhand WHERE batch_id = %s FOR UPDATE", [batch["batch_id"]])
+        holder.execute(
+            "SELECT 1 FROM inventory_stockonhand WHERE batch_id = %s FOR UPDATE",
+            [batch["batch_id"]],
+        )
         job = pay(client, s["id"])
         deadline = time.time() + 15
         while client.get(f"/api/jobs/{job['id']}").json()["attempts"] < 2:
@@ -340,21 +396,32 @@ def test_business_failures_successes_and_retries_send_no_event(client, web_sentr
     # Both sides did report (web and task transactions arrived: the worker's follow the
     # web's sampling), so the silence is meaningful.
     web_transaction(server, f"/api/sales/{short['id']}/transition")
-    server.wait_for(lambda s: len([t for t in s.transactions() if t.get("transaction") == TASK]) >= 4)
+    server.wait_for(
+        lambda s: len([t for t in s.transactions() if t.get("transaction") == TASK]) >= 4
+    )
     time.sleep(QUIET_SECONDS)
-    assert error_events(server) == [], [e.get("exception") or e.get("message") for e in error_events(server)]
+    assert error_events(server) == [], [
+        e.get("exception") or e.get("message") for e in error_events(server)
+    ]
 
 
-def test_retries_exhausted_fail_the_job_and_send_exactly_one_event(client, web_sentry, sentry_worker):
+def test_retries_exhausted_fail_the_job_and_send_exactly_one_event(
+    client, web_sentry, sentry_worker
+):
     """A transient fault that never clears: the worker retries (bounded) and then the job
     fails with `error` and one Sentry event, not one per attempt."""
     server = web_sentry
-    sentry_worker(PGOPTIONS="-c lock_timeout=200", JOB_MAX_RETRIES=2, JOB_RETRY_BACKOFF_MAX_SECONDS=1)
+    sentry_worker(
+        PGOPTIONS="-c lock_timeout=200", JOB_MAX_RETRIES=2, JOB_RETRY_BACKOFF_MAX_SECONDS=1
+    )
     product(client, "SNT-STUCK")
     batch = receive(client, "SNT-STUCK", "L1", 5, 30)
     s = sale(client, "S-SENTRY-STUCK", [("SNT-STUCK", 1)])
     with psycopg.connect(**connection.get_connection_params()) as holder:
-        holder.execute("SELECT 1 FROM inventory_stockonhand WHERE batch_id = %s FOR UPDATE", [batch["batch_id"]])
+        holder.execute(
+            "SELECT 1 FROM inventory_stockonhand WHERE batch_id = %s FOR UPDATE",
+            [batch["batch_id"]],
+        )
         job = wait_for_job(client, pay(client, s["id"])["id"], timeout=30)
         holder.rollback()
     assert job["status"] == "failed" and job["error"]["code"] == "error", job
@@ -364,6 +431,14 @@ def test_retries_exhausted_fail_the_job_and_send_exactly_one_event(client, web_s
     time.sleep(QUIET_SECONDS)
     events = error_events(server)
     assert len(events) == 1, [e.get("exception") for e in events]
-    assert events[0]["tags"]["job_kind"] == "sale.paid" and events[0]["tags"]["celery_task"] == "stockflow.run_job"
-    assert events[0]["fingerprint"] == ["job-failed", "stockflow.run_job", "sale.paid", "TransientError"]
+    assert (
+        events[0]["tags"]["job_kind"] == "sale.paid"
+        and events[0]["tags"]["celery_task"] == "stockflow.run_job"
+    )
+    assert events[0]["fingerprint"] == [
+        "job-failed",
+        "stockflow.run_job",
+        "sale.paid",
+        "TransientError",
+    ]
     assert ok(client.get(f"/api/sales/{s['id']}"), 200)["status"] == "draft"  # nothing written

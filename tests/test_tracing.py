@@ -1,5 +1,6 @@
 """OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set: the web request, the Celery task
 and the SQL it runs share one trace, exported over OTLP/HTTP; log lines carry the trace id."""
+
 import gzip
 import json
 import threading
@@ -29,11 +30,21 @@ class OtlpReceiver:
                     body = gzip.decompress(body)
                 request = ExportTraceServiceRequest.FromString(body)
                 for resource in request.resource_spans:
-                    service = next(a.value.string_value for a in resource.resource.attributes if a.key == "service.name")
+                    service = next(
+                        a.value.string_value
+                        for a in resource.resource.attributes
+                        if a.key == "service.name"
+                    )
                     for scope in resource.scope_spans:
                         for span in scope.spans:
-                            receiver.spans.append({"service": service, "name": span.name, "trace_id": span.trace_id.hex(),
-                                                   "parent": span.parent_span_id.hex()})
+                            receiver.spans.append(
+                                {
+                                    "service": service,
+                                    "name": span.name,
+                                    "trace_id": span.trace_id.hex(),
+                                    "parent": span.parent_span_id.hex(),
+                                }
+                            )
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.end_headers()
@@ -62,17 +73,29 @@ def test_web_task_and_sql_share_one_trace_and_logs_carry_it(tmp_path, client, wo
         receive(client, "OTEL", "L1", 5, 30)
         s = sale(client, "S-OTEL", [("OTEL", 1)])
         _, raw = ApiToken.issue("otel")
-        response = httpx.post(f"{web.url}/api/sales/{s['id']}/transition", json={"to_status": "paid"},
-                              headers={"Authorization": f"Bearer {raw}"}, timeout=10)
+        response = httpx.post(
+            f"{web.url}/api/sales/{s['id']}/transition",
+            json={"to_status": "paid"},
+            headers={"Authorization": f"Bearer {raw}"},
+            timeout=10,
+        )
         job = ok(response, 202)["job"]
         assert wait_for_job(client, job["id"])["status"] == "succeeded"
 
         def web_root_span():
-            return [sp for sp in otlp.spans if sp["service"] == "stockflow-web" and sp["name"].startswith("POST")]
+            return [
+                sp
+                for sp in otlp.spans
+                if sp["service"] == "stockflow-web" and sp["name"].startswith("POST")
+            ]
 
         deadline = time.time() + 15
         while time.time() < deadline:
-            task_spans = [sp for sp in otlp.spans if sp["service"] == "stockflow-worker" and "run_job" in sp["name"]]
+            task_spans = [
+                sp
+                for sp in otlp.spans
+                if sp["service"] == "stockflow-worker" and "run_job" in sp["name"]
+            ]
             if task_spans and web_root_span():
                 break
             time.sleep(0.2)
@@ -84,7 +107,14 @@ def test_web_task_and_sql_share_one_trace_and_logs_carry_it(tmp_path, client, wo
         roots = [sp for sp in web_root_span() if sp["trace_id"] == trace_id]
         assert roots and "transition" in roots[0]["name"], otlp.spans
         # psycopg spans of the job's SQL, in the worker, in the same trace
-        assert sum(1 for sp in in_trace if sp["service"] == "stockflow-worker" and sp["name"] != task_spans[0]["name"]) >= 3
+        assert (
+            sum(
+                1
+                for sp in in_trace
+                if sp["service"] == "stockflow-worker" and sp["name"] != task_spans[0]["name"]
+            )
+            >= 3
+        )
 
         lines = [json.loads(l) for l in worker.log().splitlines() if l.startswith("{")]
         consumed = [l for l in lines if l.get("event") == "sale.paid.stock_consumed"]

@@ -1,4 +1,5 @@
 """The Celery app: every setting is a CELERY_* Django setting (api/settings.py)."""
+
 import os
 
 from celery import Celery

@@ -1,5 +1,6 @@
 """Worker liveness for /readyz: each worker's main process records a timestamp in
 Redis every few seconds; readiness asks whether any is recent."""
+
 import time
 
 import redis
@@ -35,7 +36,9 @@ class Heartbeat(bootsteps.StartStopStep):
 
     def start(self, worker):
         beat(worker.hostname)
-        self.tref = worker.timer.call_repeatedly(INTERVAL_SECONDS, beat, (worker.hostname,), priority=10)
+        self.tref = worker.timer.call_repeatedly(
+            INTERVAL_SECONDS, beat, (worker.hostname,), priority=10
+        )
 
     def stop(self, worker):
         if self.tref is not None:

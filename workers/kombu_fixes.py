@@ -17,6 +17,7 @@ chaos run: 9 worker deaths in 28 Redis restarts). Raising a connection error ins
 lets Celery's normal reconnect path run; the unacked messages come back through the
 visibility timeout or the job reconciler.
 """
+
 import functools
 
 from kombu.transport import redis as redis_transport

@@ -5,6 +5,7 @@ context (request_id, job_id) into a task header and binds it in the worker befor
 the task body runs. This module adds what it lacks: a publish timestamp for queue
 wait, bounded task metrics, and multiprocess-safe exposition.
 """
+
 import os
 import time
 from datetime import datetime
@@ -94,7 +95,9 @@ def _task_finished(task=None, state=None, **kwargs):
 @signals.task_retry.connect
 def _task_retried(sender=None, reason=None, **kwargs):
     cause = getattr(reason, "exc", reason)  # Celery passes its Retry, which carries the error
-    metrics.TASK_RETRIES.labels(sender.name, cause.reason if isinstance(cause, TransientError) else "other").inc()
+    metrics.TASK_RETRIES.labels(
+        sender.name, cause.reason if isinstance(cause, TransientError) else "other"
+    ).inc()
 
 
 @signals.task_failure.connect

@@ -1,4 +1,5 @@
 """Which failures are worth a retry, and under which bounded `reason` label."""
+
 import psycopg.errors
 from django.db import DatabaseError, InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerOperationalError
@@ -36,7 +37,9 @@ def classify(exc: BaseException) -> str | None:
         return "serialization"
     if isinstance(cause, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)):
         return "lock_timeout"  # lock_timeout / statement_timeout: the row was busy
-    if isinstance(exc, (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)):
+    if isinstance(
+        exc, (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+    ):
         return "db_unavailable"
     if isinstance(exc, (BrokerOperationalError, RedisConnectionError, ConnectionError)):
         return "broker"

@@ -9,6 +9,7 @@ corrected here. API tokens: the hash is never shown; issue them with
 `manage.py create_api_token` (the raw token is shown once), revoke them here. The
 audit trail is append-only (a database trigger) and read-only here; leads too.
 """
+
 from django import forms
 from django.contrib import admin, messages
 from django.urls import reverse
@@ -134,8 +135,17 @@ class StockOnHandAdmin(ReadOnlyAdmin):
 
 @admin.register(StockMove)
 class StockMoveAdmin(ReadOnlyAdmin):
-    list_display = ("id", "kind", "batch_label", "quantity", "sale_line_id", "refund_line_id", "job_link",
-                    "request_id", "created_at")
+    list_display = (
+        "id",
+        "kind",
+        "batch_label",
+        "quantity",
+        "sale_line_id",
+        "refund_line_id",
+        "job_link",
+        "request_id",
+        "created_at",
+    )
     list_filter = ("kind",)
     search_fields = ("request_id", "batch__lot", "batch__product__sku")
     list_select_related = ("batch__product",)
@@ -155,8 +165,17 @@ class StockMoveAdmin(ReadOnlyAdmin):
 
 @admin.register(Job)
 class JobAdmin(ReadOnlyAdmin):
-    list_display = ("id", "kind", "sale", "status", "attempts", "error_code", "request_id", "created_at",
-                    "finished_at")
+    list_display = (
+        "id",
+        "kind",
+        "sale",
+        "status",
+        "attempts",
+        "error_code",
+        "request_id",
+        "created_at",
+        "finished_at",
+    )
     list_filter = ("status", "kind", "error_code")
     search_fields = ("request_id", "sale__number", "idempotency_key")
     list_select_related = ("sale",)
@@ -233,7 +252,9 @@ def revoke_tokens(modeladmin, request, queryset):
 
 class ApiTokenForm(forms.ModelForm):
     scopes = forms.MultipleChoiceField(
-        choices=[(s, s) for s in token_scopes.ALL], widget=forms.CheckboxSelectMultiple, required=False
+        choices=[(s, s) for s in token_scopes.ALL],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
     )
 
     class Meta:
@@ -264,8 +285,16 @@ class ApiTokenAdmin(admin.ModelAdmin):
 class AuditEntryAdmin(ReadOnlyAdmin):
     """Append-only in the database too (a trigger refuses UPDATE and DELETE)."""
 
-    list_display = ("created_at", "token_name", "action", "sale_id", "outcome", "status_code", "request_id",
-                    "job_link")
+    list_display = (
+        "created_at",
+        "token_name",
+        "action",
+        "sale_id",
+        "outcome",
+        "status_code",
+        "request_id",
+        "job_link",
+    )
     list_filter = ("action", "outcome", "status_code")
     search_fields = ("request_id", "token_name")
     ordering = ("-created_at",)

@@ -1,4 +1,5 @@
 """A stacked bar chart as inline SVG, rendered on the server: no JavaScript, no build."""
+
 from __future__ import annotations
 
 import datetime
@@ -17,7 +18,9 @@ COLOURS = dict(SERIES)
 
 
 def _label(t: datetime.datetime, bucket: datetime.timedelta) -> str:
-    return t.strftime("%m-%d %H:%M") if bucket >= datetime.timedelta(hours=1) else t.strftime("%H:%M")
+    return (
+        t.strftime("%m-%d %H:%M") if bucket >= datetime.timedelta(hours=1) else t.strftime("%H:%M")
+    )
 
 
 def _nice_max(n: int) -> int:
@@ -56,13 +59,19 @@ def stacked_bars(
         y = top + plot_h - frac * plot_h
         value = y_max * frac
         label = f"{value:g}"
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10" fill="#555">{label}</text>')
+        out.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>'
+        )
+        out.append(
+            f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10" fill="#555">{label}</text>'
+        )
     for i, t in enumerate(times):
         counts = series[t]
         x = left + i * slot + (slot - bar_w) / 2
         y = top + plot_h
-        tip = f"{_label(t, bucket)} UTC (per {unit}): " + ", ".join(f"{s} {counts.get(s, 0)}" for s, _ in SERIES)
+        tip = f"{_label(t, bucket)} UTC (per {unit}): " + ", ".join(
+            f"{s} {counts.get(s, 0)}" for s, _ in SERIES
+        )
         out.append(f'<g class="bar" data-bucket="{t.isoformat()}"><title>{escape(tip)}</title>')
         for status, colour in SERIES:
             c = counts.get(status, 0)
@@ -75,7 +84,9 @@ def stacked_bars(
                 f'data-status="{status}" data-count="{c}"/>'
             )
         # An invisible full-height target so the tooltip works on empty buckets too.
-        out.append(f'<rect x="{x:.1f}" y="{top}" width="{bar_w:.1f}" height="{plot_h}" fill="transparent"/></g>')
+        out.append(
+            f'<rect x="{x:.1f}" y="{top}" width="{bar_w:.1f}" height="{plot_h}" fill="transparent"/></g>'
+        )
     # x labels: first, middle, last bucket.
     if times:
         for i in sorted({0, len(times) // 2, len(times) - 1}):

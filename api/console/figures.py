@@ -4,6 +4,7 @@ Every query on jobs_job filters `status IN (...)` and a `created_at` range, so i
 a range scan of the (status, created_at) index `job_status_created`; the unfinished
 job look-ups stay inside the partial index of queued/running jobs.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -35,7 +36,12 @@ KINDS = [k.value for k in Job.Kind]
 # They never count against resilience. Any other failure code (today only `error`)
 # does.
 BUSINESS_CODES = frozenset(
-    {ErrorCode.INSUFFICIENT_STOCK, ErrorCode.EXPIRED_BATCH, ErrorCode.INVALID_TRANSITION, ErrorCode.OVER_REFUND}
+    {
+        ErrorCode.INSUFFICIENT_STOCK,
+        ErrorCode.EXPIRED_BATCH,
+        ErrorCode.INVALID_TRANSITION,
+        ErrorCode.OVER_REFUND,
+    }
 )
 A2_TARGET = 0.999
 # A2 counts jobs *finished* in the window. finished_at is not indexed, so the scan is
@@ -71,7 +77,9 @@ class JobWindow:
     by_status: dict[str, int] = field(default_factory=dict)
     failed_by_code: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, code)
     retried_by_status: dict[str, int] = field(default_factory=dict)  # attempts > 1
-    series: dict[datetime.datetime, dict[str, int]] = field(default_factory=dict)  # bucket -> status -> n
+    series: dict[datetime.datetime, dict[str, int]] = field(
+        default_factory=dict
+    )  # bucket -> status -> n
 
     @property
     def total(self) -> int:
@@ -89,7 +97,7 @@ _WINDOW_SQL = """
     WHERE status = ANY(%s) AND created_at >= %s AND created_at <= %s
     GROUP BY 1, 2, 3, 4"""
 # date_bin's origin: buckets line up with the wall clock (…:00, …:30, 00:00, 04:00, …).
-_ORIGIN = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+_ORIGIN = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 
 
 def bucket_floor(t: datetime.datetime, bucket: datetime.timedelta) -> datetime.datetime:
@@ -104,7 +112,7 @@ def job_window(window: str, now: datetime.datetime | None = None) -> JobWindow:
     first = bucket_floor(w.since, bucket)
     t = first
     while t <= now:
-        w.series[t] = {s: 0 for s in STATUSES}
+        w.series[t] = dict.fromkeys(STATUSES, 0)
         t += bucket
     with connection.cursor() as cursor:
         cursor.execute(_WINDOW_SQL, [bucket, _ORIGIN, STATUSES, w.since, now])
@@ -116,7 +124,7 @@ def job_window(window: str, now: datetime.datetime | None = None) -> JobWindow:
             w.failed_by_code[(kind, code)] = w.failed_by_code.get((kind, code), 0) + n
         if retried:
             w.retried_by_status[status] = w.retried_by_status.get(status, 0) + retried
-        w.series.setdefault(bucket_start, {s: 0 for s in STATUSES})[status] += n
+        w.series.setdefault(bucket_start, dict.fromkeys(STATUSES, 0))[status] += n
     return w
 
 
@@ -124,17 +132,28 @@ def parse_code(value: str | None) -> str | None:
     return value if value in {c.value for c in ErrorCode} else None
 
 
-def failures(since: datetime.datetime, code: str | None = None, limit: int = FAILURES_LIMIT) -> list[Job]:
+def failures(
+    since: datetime.datetime, code: str | None = None, limit: int = FAILURES_LIMIT
+) -> list[Job]:
     """The latest failed jobs created in the window, optionally of one error code
     (index range scan, newest first)."""
     qs = Job.objects.filter(status=Job.Status.FAILED, created_at__gte=since)
     if code:
         qs = qs.filter(error_code=code)
     return list(
-        qs
-        .select_related("sale")
-        .only("id", "kind", "sale__number", "status", "attempts", "error_code", "error_message",
-              "request_id", "created_at", "finished_at")
+        qs.select_related("sale")
+        .only(
+            "id",
+            "kind",
+            "sale__number",
+            "status",
+            "attempts",
+            "error_code",
+            "error_message",
+            "request_id",
+            "created_at",
+            "finished_at",
+        )
         .order_by("-created_at")[:limit]
     )
 
@@ -143,7 +162,16 @@ def oldest_unfinished(status: str) -> Job | None:
     return (
         Job.objects.filter(status=status)
         .select_related("sale")
-        .only("id", "kind", "sale__number", "status", "attempts", "request_id", "created_at", "lease_expires_at")
+        .only(
+            "id",
+            "kind",
+            "sale__number",
+            "status",
+            "attempts",
+            "request_id",
+            "created_at",
+            "lease_expires_at",
+        )
         .order_by("created_at")
         .first()
     )
@@ -182,7 +210,11 @@ def a1(report: ledger.LedgerReport) -> A1:
     """A1 flash-sale concurrency: 0 oversell — no negative on-hand, on-hand == Σ moves."""
     negative = report.violations.get("on_hand_not_negative", [])
     mismatched = report.violations.get("on_hand_equals_moves", [])
-    other = {k: v for k, v in report.violations.items() if k not in ("on_hand_not_negative", "on_hand_equals_moves")}
+    other = {
+        k: v
+        for k, v in report.violations.items()
+        if k not in ("on_hand_not_negative", "on_hand_equals_moves")
+    }
     return A1(
         verdict=FAIL if negative or mismatched else PASS,
         negative=negative,
@@ -226,7 +258,8 @@ class A2:
         r = self.success_ratio
         figure = (
             f"{floor_pct(r)} = {self.succeeded} succeeded / ({self.succeeded} succeeded + "
-            f"{self.failed_error} failed with error)" if r is not None
+            f"{self.failed_error} failed with error)"
+            if r is not None
             else "no sale.paid job finished in the window (business failures excluded)"
         )
         return Verdict(self._verdict(r), figure)
@@ -236,7 +269,9 @@ class A2:
         r = self.recovery_ratio
         figure = (
             f"{self.retried_succeeded} retried jobs succeeded, {self.retried_failed_error} failed with error "
-            f"({floor_pct(r)} recovered)" if r is not None else "no retried sale.paid job finished in the window"
+            f"({floor_pct(r)} recovered)"
+            if r is not None
+            else "no retried sale.paid job finished in the window"
         )
         if self.retried_failed_business:
             figure += f"; {self.retried_failed_business} ended with a business code after a retry"
@@ -257,7 +292,9 @@ class A2:
 def a2(since: datetime.datetime, now: datetime.datetime | None = None) -> A2:
     """A2 job resilience over sale.paid jobs finished in the window: one aggregate query."""
     now = now or timezone.now()
-    retried = Case(When(attempts__gt=1, then=Value(1)), default=Value(0), output_field=IntegerField())
+    retried = Case(
+        When(attempts__gt=1, then=Value(1)), default=Value(0), output_field=IntegerField()
+    )
     grouped = (
         Job.objects.filter(
             status__in=[Job.Status.SUCCEEDED, Job.Status.FAILED],
@@ -335,8 +372,9 @@ def stock(total_batches: int, limit: int = STOCK_ROWS_LIMIT) -> Stock:
     """On-hand per batch in FEFO order (expiry first, never-expiring last). Expiry is
     judged by each location's own calendar, as the FEFO allocator does."""
     qs = (
-        StockOnHand.objects.select_related("batch__product", "batch__location")
-        .order_by("batch__expires_on", "batch__product__sku", "batch__location__code", "batch__lot")
+        StockOnHand.objects.select_related("batch__product", "batch__location").order_by(
+            "batch__expires_on", "batch__product__sku", "batch__location__code", "batch__lot"
+        )
     )[:limit]  # PostgreSQL sorts NULL (never expires) last on ascending order
     today_of: dict[int, datetime.date] = {}
     rows = []
@@ -350,6 +388,17 @@ def stock(total_batches: int, limit: int = STOCK_ROWS_LIMIT) -> Stock:
         else:
             days_left = (b.expires_on - today).days
             state = "expired" if days_left < 0 else "soon" if days_left <= SOON_DAYS else "ok"
-        rows.append(StockRow(b.pk, b.product.sku, b.product.name, b.location.code, b.lot, b.expires_on,
-                             soh.quantity, days_left, state))
+        rows.append(
+            StockRow(
+                b.pk,
+                b.product.sku,
+                b.product.name,
+                b.location.code,
+                b.lot,
+                b.expires_on,
+                soh.quantity,
+                days_left,
+                state,
+            )
+        )
     return Stock(rows=rows, total_batches=max(total_batches, len(rows)))

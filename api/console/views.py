@@ -3,6 +3,7 @@
 Staff only (Django admin login); server-rendered HTML with inline CSS and an inline
 SVG chart; a handful of indexed queries per page (see figures.py).
 """
+
 import json
 import os
 import re
@@ -69,8 +70,12 @@ def runbook_links() -> dict[str, list[tuple[str, str]]]:
     out = {}
     for part, names in RUNBOOKS_FOR.items():
         out[part] = [
-            (name.removesuffix(".md"), external + name if external else reverse("console:runbook", args=[name]))
-            for name in names if external or name in present
+            (
+                name.removesuffix(".md"),
+                external + name if external else reverse("console:runbook", args=[name]),
+            )
+            for name in names
+            if external or name in present
         ]
     return out
 
@@ -109,7 +114,8 @@ def overview(request):
     jobs = figures.job_window(window, now)
     report = ledger.check()
     oldest = {
-        status: figures.oldest_unfinished(status) for status in (Job.Status.QUEUED, Job.Status.RUNNING)
+        status: figures.oldest_unfinished(status)
+        for status in (Job.Status.QUEUED, Job.Status.RUNNING)
     }
     backlog = [
         {
@@ -125,8 +131,11 @@ def overview(request):
     kinds = figures.KINDS
     statuses = figures.STATUSES
     table = [
-        {"kind": kind, "cells": [(s, jobs.by_kind_status.get((kind, s), 0)) for s in statuses],
-         "total": sum(jobs.by_kind_status.get((kind, s), 0) for s in statuses)}
+        {
+            "kind": kind,
+            "cells": [(s, jobs.by_kind_status.get((kind, s), 0)) for s in statuses],
+            "total": sum(jobs.by_kind_status.get((kind, s), 0) for s in statuses),
+        }
         for kind in kinds
     ]
     stock = figures.stock(report.counts.get("inventory_batch", 0))
@@ -155,7 +164,9 @@ def overview(request):
         "stock": stock,
         "soon_days": figures.SOON_DAYS,
         "chart": charts.stacked_bars(
-            jobs.series, jobs.bucket, title=f"jobs created per {charts.bucket_name(jobs.bucket)} by status"
+            jobs.series,
+            jobs.bucket,
+            title=f"jobs created per {charts.bucket_name(jobs.bucket)} by status",
         ),
         "chart_series": charts.SERIES,
         "bucket_name": charts.bucket_name(jobs.bucket),
@@ -176,8 +187,11 @@ def job_detail(request, job_id):
         .order_by("id")
     )
     refund = Refund.objects.filter(job=job).prefetch_related("lines__sale_line__product").first()
-    sale_jobs = list(job.sale.jobs.order_by("created_at").only(
-        "id", "kind", "status", "attempts", "error_code", "request_id", "created_at")[:50])
+    sale_jobs = list(
+        job.sale.jobs.order_by("created_at").only(
+            "id", "kind", "status", "attempts", "error_code", "request_id", "created_at"
+        )[:50]
+    )
     timings = {
         "queue_wait": _age(job.started_at - job.created_at) if job.started_at else "",
         "run": _age(job.finished_at - job.started_at) if job.finished_at and job.started_at else "",
@@ -194,7 +208,9 @@ def job_detail(request, job_id):
         "timings": timings,
         "business": job.error_code in figures.BUSINESS_CODES,
         "payload": json.dumps(job.payload, indent=2, sort_keys=True, default=str),
-        "result": json.dumps(job.result, indent=2, sort_keys=True, default=str) if job.result is not None else "",
+        "result": json.dumps(job.result, indent=2, sort_keys=True, default=str)
+        if job.result is not None
+        else "",
         "links": links(),
     }
     return render(request, "console/job.html", context)
@@ -205,13 +221,24 @@ def job_detail(request, job_id):
 def runbooks(request, name=None):
     """The runbooks in monitoring/runbooks/, as plain text (when RUNBOOK_BASE_URL is
     unset, this is where the console's runbook links point)."""
-    files = sorted(p.name for p in RUNBOOK_DIR.glob("*.md") if _RUNBOOK_NAME.match(p.name)) if RUNBOOK_DIR.is_dir() else []
+    files = (
+        sorted(p.name for p in RUNBOOK_DIR.glob("*.md") if _RUNBOOK_NAME.match(p.name))
+        if RUNBOOK_DIR.is_dir()
+        else []
+    )
     text = None
     if name is not None:
         if name not in files:
             raise Http404("no such runbook")
         text = (RUNBOOK_DIR / name).read_text(encoding="utf-8", errors="replace")
-    return render(request, "console/runbooks.html", {
-        "files": files, "name": name, "text": text, "links": links(),
-        "folder": "monitoring/runbooks/",
-    })
+    return render(
+        request,
+        "console/runbooks.html",
+        {
+            "files": files,
+            "name": name,
+            "text": text,
+            "links": links(),
+            "folder": "monitoring/runbooks/",
+        },
+    )

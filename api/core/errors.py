@@ -1,5 +1,6 @@
 """Every error code stockflow speaks, in one place: API answers, job results,
 metric labels and log events all use these values."""
+
 from enum import StrEnum
 
 

@@ -1,5 +1,6 @@
 """Ids from outside (URLs, broker messages) checked before they reach a query: bigint
 primary keys outside that range, or job ids that are not UUIDs, cannot exist."""
+
 import uuid
 
 BIGINT_MAX = 2**63 - 1

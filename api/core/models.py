@@ -36,7 +36,9 @@ class ApiToken(models.Model):
         return self.name
 
     @classmethod
-    def issue(cls, name: str, scopes: list[str] | tuple[str, ...] = scopes_module.ALL) -> tuple["ApiToken", str]:
+    def issue(
+        cls, name: str, scopes: list[str] | tuple[str, ...] = scopes_module.ALL
+    ) -> tuple["ApiToken", str]:
         unknown = set(scopes) - set(scopes_module.ALL)
         if unknown:
             raise ValueError(f"unknown scopes: {', '.join(sorted(unknown))}")
@@ -50,8 +52,12 @@ class ApiToken(models.Model):
     @classmethod
     def authenticate(cls, raw: str) -> "ApiToken | None":
         # Every API request runs this: SQL, not the ORM's query compiler.
-        found = sql.fetch(cls, f"SELECT {sql.columns(cls, 't')} FROM {cls._meta.db_table} t "
-                               "WHERE t.token_hash = %s AND t.revoked_at IS NULL", [hash_token(raw)])
+        found = sql.fetch(
+            cls,
+            f"SELECT {sql.columns(cls, 't')} FROM {cls._meta.db_table} t "
+            "WHERE t.token_hash = %s AND t.revoked_at IS NULL",
+            [hash_token(raw)],
+        )
         return found[0] if found else None
 
 

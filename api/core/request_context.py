@@ -1,4 +1,5 @@
 """Request ids: what a sane one looks like."""
+
 import re
 import uuid
 

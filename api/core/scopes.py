@@ -1,4 +1,5 @@
 """Token scopes: what each bearer token may do."""
+
 SALES_WRITE = "sales:write"
 REFUNDS_WRITE = "refunds:write"
 STOCK_WRITE = "stock:write"

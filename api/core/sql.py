@@ -1,15 +1,18 @@
 """Hot-path SQL helpers: what the ORM does, minus its query compiler (which cost more
 CPU than the statement itself on the accept and job paths)."""
-from functools import lru_cache
+
+from functools import cache
 
 from django.db import connection, models
 
 
-@lru_cache(maxsize=None)
+@cache
 def _insert_sql(model: type[models.Model], with_pk: bool) -> tuple[str, tuple]:
     fields = tuple(f for f in model._meta.concrete_fields if with_pk or not f.primary_key)
-    sql = (f"INSERT INTO {model._meta.db_table} ({', '.join(f.column for f in fields)}) "
-           f"VALUES ({', '.join(['%s'] * len(fields))})")
+    sql = (
+        f"INSERT INTO {model._meta.db_table} ({', '.join(f.column for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )
     if not with_pk:
         sql += f" RETURNING {model._meta.pk.column}"
     return sql, fields
@@ -30,7 +33,7 @@ def insert(obj: models.Model) -> models.Model:
     return obj
 
 
-@lru_cache(maxsize=None)
+@cache
 def _select_fields(model: type[models.Model]) -> tuple:
     fields = tuple(model._meta.concrete_fields)
     attnames = tuple(f.attname for f in fields)

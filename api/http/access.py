@@ -1,4 +1,5 @@
 """Scope checks and the audit trail, as decorators on the operations."""
+
 import functools
 
 from django.db import transaction
@@ -34,8 +35,12 @@ def audited(action: str, scope: str):
         @functools.wraps(view)
         def wrapper(request, *args, **kwargs):
             sale_id = kwargs.get("sale_id")
-            entry = AuditEntry(token_name=request.auth.name, action=action, request_id=request.request_id,
-                               sale_id=sale_id if ids.plausible(sale_id) else None)
+            entry = AuditEntry(
+                token_name=request.auth.name,
+                action=action,
+                request_id=request.request_id,
+                sale_id=sale_id if ids.plausible(sale_id) else None,
+            )
             try:
                 _check_scope(request, scope)
                 # The audit row commits with what the request did, in one transaction.

@@ -1,4 +1,5 @@
 """The NinjaAPI instance: authentication, the error contract, the OpenAPI document."""
+
 import sentry_sdk
 import structlog
 from django import db
@@ -16,11 +17,21 @@ from api.observability import metrics
 
 logger = structlog.get_logger(__name__)
 
-_REQUEST_ID = {"description": "The request id (yours if you sent a sane X-Request-ID); quote it when reporting",
-               "required": True, "schema": {"type": "string"}}
-_LOCATION = {"description": "Where to poll the job: /api/jobs/{id}", "required": True, "schema": {"type": "string"}}
-_RETRY_AFTER = {"description": "Seconds to wait before trying again", "required": False,
-                "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+_REQUEST_ID = {
+    "description": "The request id (yours if you sent a sane X-Request-ID); quote it when reporting",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_LOCATION = {
+    "description": "Where to poll the job: /api/jobs/{id}",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_RETRY_AFTER = {
+    "description": "Seconds to wait before trying again",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+}
 
 
 class StockflowAPI(NinjaAPI):
@@ -53,7 +64,6 @@ api = StockflowAPI(
 )
 
 
-
 @api.exception_handler(DomainError)
 def _domain_error(request, exc: DomainError):
     headers = None
@@ -65,19 +75,32 @@ def _domain_error(request, exc: DomainError):
 @api.exception_handler(ValidationError)
 def _validation_error(request, exc: ValidationError):
     fields = [
-        {"field": ".".join(str(p) for p in e.get("loc", ())[1:]) or "body", "message": e.get("msg", "")}
+        {
+            "field": ".".join(str(p) for p in e.get("loc", ())[1:]) or "body",
+            "message": e.get("msg", ""),
+        }
         for e in exc.errors
     ]
-    if all(e.get("loc", ("",))[0] == "header" and e.get("type") in ("missing", "string_too_short") for e in exc.errors):
+    if all(
+        e.get("loc", ("",))[0] == "header" and e.get("type") in ("missing", "string_too_short")
+        for e in exc.errors
+    ):
         # A required header left out (e.g. Idempotency-Key) is a malformed request, not bad data.
-        return error_response(request, ErrorCode.MALFORMED, "a required header is missing", details=fields)
-    return error_response(request, ErrorCode.VALIDATION, "request failed validation", details=fields)
+        return error_response(
+            request, ErrorCode.MALFORMED, "a required header is missing", details=fields
+        )
+    return error_response(
+        request, ErrorCode.VALIDATION, "request failed validation", details=fields
+    )
 
 
 @api.exception_handler(AuthenticationError)
 def _unauthorized(request, exc):
     return error_response(
-        request, ErrorCode.UNAUTHORIZED, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+        request,
+        ErrorCode.UNAUTHORIZED,
+        "missing or invalid bearer token",
+        headers={"WWW-Authenticate": "Bearer"},
     )
 
 
@@ -106,16 +129,24 @@ def _suspicious(request, exc):
 @api.exception_handler(db.InterfaceError)
 def _database_down(request, exc):
     logger.warning("http.database_unavailable", exception_type=type(exc).__name__)
-    return error_response(request, ErrorCode.UNAVAILABLE, "database unavailable, retry later",
-                          headers={"Retry-After": "5"})
+    return error_response(
+        request,
+        ErrorCode.UNAVAILABLE,
+        "database unavailable, retry later",
+        headers={"Retry-After": "5"},
+    )
 
 
 @api.exception_handler(RedisError)
 def _redis_down(request, exc):
     # Redis holds the lead form's throttle: without it the form is unavailable, not broken.
     logger.warning("http.redis_unavailable", exception_type=type(exc).__name__)
-    return error_response(request, ErrorCode.UNAVAILABLE, "service temporarily unavailable, retry later",
-                          headers={"Retry-After": "5"})
+    return error_response(
+        request,
+        ErrorCode.UNAVAILABLE,
+        "service temporarily unavailable, retry later",
+        headers={"Retry-After": "5"},
+    )
 
 
 @api.exception_handler(Exception)
@@ -124,7 +155,9 @@ def _unexpected(request, exc):
     logger.exception("http.unhandled_exception", exception_type=type(exc).__name__)
     metrics.EXCEPTIONS.labels(type(exc).__name__, "web").inc()
     sentry_sdk.capture_exception(exc)
-    return error_response(request, ErrorCode.ERROR, "internal error; quote the request id when reporting it")
+    return error_response(
+        request, ErrorCode.ERROR, "internal error; quote the request id when reporting it"
+    )
 
 
 from api.http import public, routes  # noqa: E402

@@ -1,4 +1,5 @@
 """Liveness and readiness: no auth, no database writes, fast."""
+
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
@@ -31,10 +32,17 @@ def _check_redis() -> None:
 
 def _check_worker() -> None:
     if heartbeat.live_workers(settings.WORKER_HEARTBEAT_MAX_AGE_SECONDS) < 1:
-        raise RuntimeError(f"no worker heartbeat in the last {settings.WORKER_HEARTBEAT_MAX_AGE_SECONDS}s")
+        raise RuntimeError(
+            f"no worker heartbeat in the last {settings.WORKER_HEARTBEAT_MAX_AGE_SECONDS}s"
+        )
 
 
-CHECKS = {"database": _check_database, "broker": _check_broker, "redis": _check_redis, "worker": _check_worker}
+CHECKS = {
+    "database": _check_database,
+    "broker": _check_broker,
+    "redis": _check_redis,
+    "worker": _check_worker,
+}
 
 
 def readyz(request):
@@ -46,4 +54,6 @@ def readyz(request):
         except Exception as exc:  # any failure of a dependency is "not ready", never a 500
             ok = False
             results[name] = f"failed: {type(exc).__name__}"
-    return JsonResponse({"status": "ok" if ok else "unavailable", "checks": results}, status=200 if ok else 503)
+    return JsonResponse(
+        {"status": "ok" if ok else "unavailable", "checks": results}, status=200 if ok else 503
+    )

@@ -1,5 +1,6 @@
 """Request parsing: JSON as usual, but NUL characters are refused up front
 (PostgreSQL cannot store them in text; they would otherwise surface as a 500)."""
+
 import json
 
 from ninja.errors import ValidationError
@@ -27,5 +28,7 @@ class StrictParser(Parser):
         parsed = super().parse_querydict(data, list_fields, request)
         bad = [k for k, v in parsed.items() if _has_nul(k) or _has_nul(v)]
         if bad:
-            raise ValidationError([{"loc": ("query", k), "msg": "NUL characters are not allowed"} for k in bad])
+            raise ValidationError(
+                [{"loc": ("query", k), "msg": "NUL characters are not allowed"} for k in bad]
+            )
         return parsed

@@ -1,4 +1,5 @@
 """The operations of /api/: parse, authorize, call one service, answer."""
+
 import uuid
 from typing import Annotated
 
@@ -17,14 +18,29 @@ from api.sales import services as sales
 from . import presenters
 from .access import audited, scoped
 from .schemas import (
-    ErrorOut, JobAccepted, JobOut, ProductIn, ProductOut, ReceiptIn, ReceiptOut, RefundIn, SaleIn, SaleOut,
-    LeadOut, StockRowOut, TransitionIn,
+    ErrorOut,
+    JobAccepted,
+    JobOut,
+    LeadOut,
+    ProductIn,
+    ProductOut,
+    ReceiptIn,
+    ReceiptOut,
+    RefundIn,
+    SaleIn,
+    SaleOut,
+    StockRowOut,
+    TransitionIn,
 )
 
 router = Router()
-ERRORS = {code: ErrorOut for code in (400, 401, 403, 404, 409, 413, 422, 503)}
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", default=None, max_length=128)]
-RequiredIdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=128)]
+ERRORS = dict.fromkeys((400, 401, 403, 404, 409, 413, 422, 503), ErrorOut)
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", default=None, max_length=128)
+]
+RequiredIdempotencyKey = Annotated[
+    str, Header(alias="Idempotency-Key", min_length=1, max_length=128)
+]
 
 
 def _accepted(response: HttpResponse, job: Job) -> Status:
@@ -43,13 +59,27 @@ def create_product(request: HttpRequest, body: ProductIn):
 @scoped(scopes.STOCK_WRITE)
 def create_receipt(request: HttpRequest, body: ReceiptIn):
     move, on_hand = inventory.receive_stock(
-        body.sku, body.location, body.lot, body.expires_on, body.quantity, request_id=request.request_id
+        body.sku,
+        body.location,
+        body.lot,
+        body.expires_on,
+        body.quantity,
+        request_id=request.request_id,
     )
     batch = move.batch
-    return Status(201, {
-        "move_id": move.pk, "batch_id": batch.pk, "sku": body.sku, "location": body.location, "lot": batch.lot,
-        "expires_on": batch.expires_on, "quantity": move.quantity, "on_hand": on_hand.quantity,
-    })
+    return Status(
+        201,
+        {
+            "move_id": move.pk,
+            "batch_id": batch.pk,
+            "sku": body.sku,
+            "location": body.location,
+            "lot": batch.lot,
+            "expires_on": batch.expires_on,
+            "quantity": move.quantity,
+            "on_hand": on_hand.quantity,
+        },
+    )
 
 
 @router.get("/stock", response={200: list[StockRowOut], **ERRORS}, tags=["stock"])
@@ -86,11 +116,16 @@ def get_sale(request: HttpRequest, sale_id: int):
 )
 @audited("sale.transition", scopes.SALES_WRITE)
 def transition_sale(
-    request: HttpRequest, response: HttpResponse, sale_id: int, body: TransitionIn,
+    request: HttpRequest,
+    response: HttpResponse,
+    sale_id: int,
+    body: TransitionIn,
     idempotency_key: IdempotencyKey = None,
 ):
     if body.to_status == "paid":
-        job, _ = sales.request_payment(sale_id, idempotency_key=idempotency_key, request_id=request.request_id)
+        job, _ = sales.request_payment(
+            sale_id, idempotency_key=idempotency_key, request_id=request.request_id
+        )
         return _accepted(response, job)
     return Status(200, presenters.sale(sales.transition(sale_id, body.to_status)))
 
@@ -98,7 +133,10 @@ def transition_sale(
 @router.post("/sales/{int:sale_id}/refunds", response={202: JobAccepted, **ERRORS}, tags=["sales"])
 @audited("sale.refund", scopes.REFUNDS_WRITE)
 def create_refund(
-    request: HttpRequest, response: HttpResponse, sale_id: int, body: RefundIn,
+    request: HttpRequest,
+    response: HttpResponse,
+    sale_id: int,
+    body: RefundIn,
     idempotency_key: RequiredIdempotencyKey,
 ):
     lines = [line.dict() for line in body.lines] if body.lines else None
@@ -127,8 +165,18 @@ def list_leads(
     leads = Lead.objects.order_by("-id")
     if before_id:
         leads = leads.filter(id__lt=before_id)
-    return Status(200, [
-        {"id": l.pk, "name": l.name, "email": l.email, "phone": l.phone, "message": l.message,
-         "source": l.source, "created_at": l.created_at}
-        for l in leads[:limit]
-    ])
+    return Status(
+        200,
+        [
+            {
+                "id": l.pk,
+                "name": l.name,
+                "email": l.email,
+                "phone": l.phone,
+                "message": l.message,
+                "source": l.source,
+                "created_at": l.created_at,
+            }
+            for l in leads[:limit]
+        ],
+    )

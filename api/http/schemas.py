@@ -1,4 +1,5 @@
 """Request and response bodies of the HTTP API (pydantic, via django-ninja)."""
+
 import datetime
 import uuid
 from typing import Annotated, Literal
@@ -6,9 +7,14 @@ from typing import Annotated, Literal
 from ninja import Field, Schema
 from pydantic import StrictInt, StrictStr, model_validator
 
-Code = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
+Code = Annotated[
+    StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+]
 Quantity = Annotated[StrictInt, Field(gt=0, le=1_000_000)]
-Money = Annotated[StrictStr, Field(pattern=r"^\d{1,10}(\.\d{1,2})?$", description="decimal as a string, e.g. \"12.50\"")]
+Money = Annotated[
+    StrictStr,
+    Field(pattern=r"^\d{1,10}(\.\d{1,2})?$", description='decimal as a string, e.g. "12.50"'),
+]
 
 
 class ErrorBody(Schema):
@@ -152,7 +158,9 @@ class RefundIn(Schema):
 class LeadIn(Schema):
     name: Annotated[StrictStr, Field(min_length=1, max_length=200)]
     email: Annotated[StrictStr, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-    phone: Annotated[StrictStr, Field(max_length=32, pattern=r"^\+?[0-9 ().\-]{5,32}$")] | None = None
+    phone: Annotated[StrictStr, Field(max_length=32, pattern=r"^\+?[0-9 ().\-]{5,32}$")] | None = (
+        None
+    )
     message: Annotated[StrictStr, Field(max_length=5000)] = ""
     source: Annotated[StrictStr, Field(max_length=64, pattern=r"^[A-Za-z0-9._\-]*$")] = ""
 

@@ -1,4 +1,5 @@
 """FEFO allocation: pure functions over rows that are already locked."""
+
 import datetime
 from dataclasses import dataclass
 
@@ -28,7 +29,9 @@ def _fefo_key(row: StockOnHand):
     return (expires is None, expires or datetime.date.max, row.batch_id)
 
 
-def allocate(lines: list[LineRequest], rows: list[StockOnHand], today: datetime.date) -> list[Allocation]:
+def allocate(
+    lines: list[LineRequest], rows: list[StockOnHand], today: datetime.date
+) -> list[Allocation]:
     """Allocate every line FEFO from non-expired rows, or raise one DomainError listing
     every short line. Lines of the same product draw from the same running balance."""
     remaining = {row.batch_id: row.quantity for row in rows}
@@ -63,6 +66,8 @@ def allocate(lines: list[LineRequest], rows: list[StockOnHand], today: datetime.
     if shortfalls:
         # Only expired stock could cover every short line -> expired_batch; otherwise plain shortage.
         if all(s["expired_available"] >= s["missing"] for s in shortfalls):
-            raise DomainError(ErrorCode.EXPIRED_BATCH, "only expired stock could cover the sale", shortfalls)
+            raise DomainError(
+                ErrorCode.EXPIRED_BATCH, "only expired stock could cover the sale", shortfalls
+            )
         raise DomainError(ErrorCode.INSUFFICIENT_STOCK, "not enough sellable stock", shortfalls)
     return allocations

@@ -1,4 +1,5 @@
 """SPEC §6 invariants, checked by SQL over the whole ledger."""
+
 from dataclasses import dataclass, field
 
 from django.db import connection
@@ -45,7 +46,9 @@ CHECKS = {
         WHERE ri.q > so.q""",
 }
 
-UNFINISHED_JOBS = "SELECT status, COUNT(*) FROM jobs_job WHERE status IN ('queued', 'running') GROUP BY status"
+UNFINISHED_JOBS = (
+    "SELECT status, COUNT(*) FROM jobs_job WHERE status IN ('queued', 'running') GROUP BY status"
+)
 
 
 @dataclass
@@ -71,7 +74,7 @@ def check() -> LedgerReport:
             cursor.execute(UNFINISHED_JOBS)
             report.unfinished_jobs = dict(cursor.fetchall())
             for table in ("inventory_batch", "inventory_stockmove", "sales_sale", "jobs_job"):
-                cursor.execute(f"SELECT COUNT(*) FROM {table}")  # noqa: S608 (fixed names)
+                cursor.execute(f"SELECT COUNT(*) FROM {table}")
                 report.counts[table] = cursor.fetchone()[0]
         finally:
             cursor.execute("COMMIT")

@@ -1,4 +1,5 @@
 """Stock in, stock out: the only code that writes StockOnHand and StockMove."""
+
 import datetime
 
 from django.db import IntegrityError, connection, transaction
@@ -39,7 +40,9 @@ def _batch_for_receipt(product, location, lot, expires_on) -> Batch:
             break
         try:
             with transaction.atomic():
-                batch = Batch.objects.create(product=product, location=location, lot=lot, expires_on=expires_on)
+                batch = Batch.objects.create(
+                    product=product, location=location, lot=lot, expires_on=expires_on
+                )
                 StockOnHand.objects.create(batch=batch, quantity=0)
             break
         except IntegrityError:
@@ -54,7 +57,12 @@ def _batch_for_receipt(product, location, lot, expires_on) -> Batch:
 
 @transaction.atomic
 def receive_stock(
-    sku: str, location_code: str, lot: str, expires_on: datetime.date | None, quantity: int, request_id=""
+    sku: str,
+    location_code: str,
+    lot: str,
+    expires_on: datetime.date | None,
+    quantity: int,
+    request_id="",
 ) -> tuple[StockMove, StockOnHand]:
     product = product_by_sku(sku)
     location, _ = Location.objects.get_or_create(code=location_code)
@@ -62,14 +70,23 @@ def receive_stock(
     on_hand = lock_objects.stock_of_batch(batch.pk)  # one row: cannot take part in a deadlock
     on_hand.quantity += quantity
     on_hand.save(update_fields=["quantity"])
-    move = StockMove.objects.create(kind=StockMove.Kind.RECEIPT, batch=batch, quantity=quantity, request_id=request_id)
+    move = StockMove.objects.create(
+        kind=StockMove.Kind.RECEIPT, batch=batch, quantity=quantity, request_id=request_id
+    )
     return move, on_hand
 
 
 # (column, PostgreSQL type): one array parameter per column, unnested into rows.
-_MOVE_COLUMNS = (("kind", "varchar"), ("batch_id", "bigint"), ("quantity", "int"), ("sale_line_id", "bigint"),
-                 ("refund_line_id", "bigint"), ("job_id", "uuid"), ("request_id", "varchar"),
-                 ("created_at", "timestamptz"))
+_MOVE_COLUMNS = (
+    ("kind", "varchar"),
+    ("batch_id", "bigint"),
+    ("quantity", "int"),
+    ("sale_line_id", "bigint"),
+    ("refund_line_id", "bigint"),
+    ("job_id", "uuid"),
+    ("request_id", "varchar"),
+    ("created_at", "timestamptz"),
+)
 _WRITE_MOVES = f"""
     WITH moved AS (
         INSERT INTO {StockMove._meta.db_table} ({", ".join(c for c, _ in _MOVE_COLUMNS)})

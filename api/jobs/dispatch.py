@@ -1,5 +1,6 @@
 """The outbox's enqueuer: hands a job id to the broker. The only place that knows
 how a job becomes a Celery message."""
+
 import structlog
 
 logger = structlog.get_logger(__name__)
@@ -12,7 +13,9 @@ def enqueue(job) -> bool:
 
     # The job's own request id rides in the task headers (django-structlog), also
     # when the reconciler re-sends it long after the request ended.
-    with structlog.contextvars.bound_contextvars(request_id=job.request_id, job_id=str(job.pk), job_kind=job.kind):
+    with structlog.contextvars.bound_contextvars(
+        request_id=job.request_id, job_id=str(job.pk), job_kind=job.kind
+    ):
         try:
             app.send_task(RUN_JOB_TASK, args=[str(job.pk)])
             return True

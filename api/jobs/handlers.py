@@ -1,4 +1,5 @@
 """Which domain service applies which kind of job."""
+
 from api.sales import services as sales
 
 from .models import Job

@@ -61,7 +61,9 @@ class Job(models.Model):
                 name="job_unfinished_lease",
             ),
             models.Index(fields=["status", "created_at"], name="job_status_created"),
-            models.Index(fields=["kind", "finished_at"], name="job_kind_finished"),  # console windows
+            models.Index(
+                fields=["kind", "finished_at"], name="job_kind_finished"
+            ),  # console windows
         ]
 
     def __str__(self):

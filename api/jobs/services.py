@@ -4,11 +4,12 @@ Exactly-once *effect* under at-least-once delivery: a job's effects and its
 `succeeded` status commit in one transaction that holds the job row lock, so a
 second delivery waits for the first and then finds the job terminal.
 """
+
 import datetime
 import hashlib
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -26,12 +27,18 @@ Handler = Callable[[Job], dict]
 
 
 def fingerprint(kind: str, payload: dict) -> str:
-    canonical = json.dumps({"kind": kind, "payload": payload}, sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(
+        {"kind": kind, "payload": payload}, sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _lease(status: str, now: datetime.datetime) -> datetime.datetime:
-    seconds = settings.JOB_QUEUED_LEASE_SECONDS if status == Job.Status.QUEUED else settings.JOB_RUNNING_LEASE_SECONDS
+    seconds = (
+        settings.JOB_QUEUED_LEASE_SECONDS
+        if status == Job.Status.QUEUED
+        else settings.JOB_RUNNING_LEASE_SECONDS
+    )
     return now + datetime.timedelta(seconds=seconds)
 
 
@@ -56,11 +63,19 @@ def accept(
             raise DomainError(ErrorCode.NOT_FOUND, f"sale {sale_id} not found")
         # One query for both earlier jobs that decide this request: the one holding this key,
         # and (for `paid`) one still in flight.
-        earlier = sql.fetch(Job, _EARLIER, {
-            "sale": sale.pk, "kind": kind, "key": idempotency_key or None,
-            "one_at_a_time": kind == Job.Kind.SALE_PAID,
-        })
-        same_key = next((j for j in earlier if idempotency_key and j.idempotency_key == idempotency_key), None)
+        earlier = sql.fetch(
+            Job,
+            _EARLIER,
+            {
+                "sale": sale.pk,
+                "kind": kind,
+                "key": idempotency_key or None,
+                "one_at_a_time": kind == Job.Kind.SALE_PAID,
+            },
+        )
+        same_key = next(
+            (j for j in earlier if idempotency_key and j.idempotency_key == idempotency_key), None
+        )
         if same_key is not None:
             if same_key.fingerprint != fp:
                 domain.idempotency_conflict(sale.pk, kind, idempotency_key, same_key.pk)
@@ -73,16 +88,24 @@ def accept(
             return earlier[0], False  # a PAID job in flight for this sale
         precheck(sale)
         now = timezone.now()
-        job = sql.insert(Job(
-            kind=kind, sale=sale, payload=payload, idempotency_key=idempotency_key or None,
-            fingerprint=fp, request_id=request_id, created_at=now, lease_expires_at=_lease(Job.Status.QUEUED, now),
-        ))
+        job = sql.insert(
+            Job(
+                kind=kind,
+                sale=sale,
+                payload=payload,
+                idempotency_key=idempotency_key or None,
+                fingerprint=fp,
+                request_id=request_id,
+                created_at=now,
+                lease_expires_at=_lease(Job.Status.QUEUED, now),
+            )
+        )
         transaction.on_commit(lambda: dispatch.enqueue(job))
     return job, True
 
 
 _EARLIER = f"""
-    SELECT {sql.columns(Job, 'j')} FROM {Job._meta.db_table} j
+    SELECT {sql.columns(Job, "j")} FROM {Job._meta.db_table} j
     WHERE sale_id = %(sale)s AND kind = %(kind)s
       AND (idempotency_key = %(key)s OR (%(one_at_a_time)s AND status IN ('queued', 'running')))
     ORDER BY created_at"""
@@ -103,8 +126,15 @@ def _claim(job_id) -> bool:
     claimed = 0
     if job_uuid is not None:
         with connection.cursor() as cursor:
-            cursor.execute(_CLAIM, {"id": job_uuid, "now": now, "lease": _lease(Job.Status.RUNNING, now),
-                                    "max_attempts": settings.JOB_MAX_ATTEMPTS})
+            cursor.execute(
+                _CLAIM,
+                {
+                    "id": job_uuid,
+                    "now": now,
+                    "lease": _lease(Job.Status.RUNNING, now),
+                    "max_attempts": settings.JOB_MAX_ATTEMPTS,
+                },
+            )
             claimed = cursor.rowcount
     if not claimed:
         # Finished already, unknown, or delivered too often (a poison message): fail() sorts it out.
@@ -126,8 +156,18 @@ def _finish(job: Job, status: str, *, result=None, code: str = "", message: str 
     job.error_message = message
     job.finished_at = job.updated_at = timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(_FINISH, [status, _RESULT.get_db_prep_save(result, connection), code, message,
-                                 job.finished_at, job.updated_at, job.pk])
+        cursor.execute(
+            _FINISH,
+            [
+                status,
+                _RESULT.get_db_prep_save(result, connection),
+                code,
+                message,
+                job.finished_at,
+                job.updated_at,
+                job.pk,
+            ],
+        )
 
 
 def run(job_id, handlers: dict[str, Handler]) -> Job | None:
@@ -145,18 +185,32 @@ def run(job_id, handlers: dict[str, Handler]) -> Job | None:
             result = handlers[job.kind](job)
             _finish(job, Job.Status.SUCCEEDED, result=result)
     except DomainError as exc:
-        return fail(job_id, exc.code, exc.message, details=exc.details, duration_s=time.perf_counter() - started)
+        return fail(
+            job_id,
+            exc.code,
+            exc.message,
+            details=exc.details,
+            duration_s=time.perf_counter() - started,
+        )
     domain.job_finished(job, time.perf_counter() - started)
     return job
 
 
-def fail(job_id, code: str, message: str, details=None, duration_s: float | None = None) -> Job | None:
+def fail(
+    job_id, code: str, message: str, details=None, duration_s: float | None = None
+) -> Job | None:
     """Finish a job as failed (unless a concurrent delivery already finished it)."""
     with transaction.atomic():
         job = lock_objects.job(job_id)
         if job is None or job.is_terminal:
             return job
-        _finish(job, Job.Status.FAILED, result={"details": details} if details else None, code=code, message=message)
+        _finish(
+            job,
+            Job.Status.FAILED,
+            result={"details": details} if details else None,
+            code=code,
+            message=message,
+        )
     domain.job_finished(job, duration_s)
     return job
 

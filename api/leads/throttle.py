@@ -1,6 +1,7 @@
 """Per-client throttling of the public lead form, counted in Redis so that every
 web process shares one budget. Fixed windows: a burst budget per minute and a
 budget per hour."""
+
 import hashlib
 import hmac
 import ipaddress

@@ -1,5 +1,6 @@
 """Prometheus exposition: the web's /metrics (token-protected), the worker's own port,
 and the scrape-time gauges computed from PostgreSQL and the ledger check."""
+
 import hmac
 import os
 import time
@@ -31,7 +32,9 @@ class BacklogCollector:
 
     def collect(self):
         jobs = GaugeMetricFamily("stockflow_jobs", "Unfinished jobs by status.", labels=["status"])
-        oldest = GaugeMetricFamily("stockflow_oldest_queued_job_age_seconds", "Age of the oldest queued job (0 if none).")
+        oldest = GaugeMetricFamily(
+            "stockflow_oldest_queued_job_age_seconds", "Age of the oldest queued job (0 if none)."
+        )
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT status, COUNT(*), EXTRACT(EPOCH FROM now() - MIN(created_at)) FROM jobs_job "
@@ -44,10 +47,14 @@ class BacklogCollector:
         yield jobs
         yield oldest
 
-        violations = GaugeMetricFamily("stockflow_ledger_violations",
-                                       "Ledger invariant violations found by the last periodic check (0 = clean).")
-        checked = GaugeMetricFamily("stockflow_ledger_last_check_timestamp_seconds",
-                                    "Unix time of the last periodic ledger check.")
+        violations = GaugeMetricFamily(
+            "stockflow_ledger_violations",
+            "Ledger invariant violations found by the last periodic check (0 = clean).",
+        )
+        checked = GaugeMetricFamily(
+            "stockflow_ledger_last_check_timestamp_seconds",
+            "Unix time of the last periodic ledger check.",
+        )
         state = redis_client.client().hgetall(LEDGER_KEY)
         if state:
             violations.add_metric([], float(state[b"violations"]))
@@ -61,7 +68,9 @@ _backlog_registry.register(BacklogCollector())
 
 
 def record_ledger_check(violations: int) -> None:
-    redis_client.client().hset(LEDGER_KEY, mapping={"violations": violations, "checked_at": time.time()})
+    redis_client.client().hset(
+        LEDGER_KEY, mapping={"violations": violations, "checked_at": time.time()}
+    )
 
 
 def metrics_view(request):
@@ -69,8 +78,12 @@ def metrics_view(request):
     expected = settings.METRICS_TOKEN
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-        return HttpResponse("metrics need a bearer token (METRICS_TOKEN)\n", status=401,
-                            content_type="text/plain", headers={"WWW-Authenticate": "Bearer"})
+        return HttpResponse(
+            "metrics need a bearer token (METRICS_TOKEN)\n",
+            status=401,
+            content_type="text/plain",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     body = generate_latest(process_registry())
     try:
         body += generate_latest(_backlog_registry)

@@ -1,4 +1,5 @@
 """HTTP metrics middleware: labelled by the URL route template, never the raw path."""
+
 import time
 
 from . import metrics

@@ -4,6 +4,7 @@ Both structlog loggers and stdlib loggers (Django, Celery, gunicorn) go through 
 same processors: the bound context (request_id, task_id, job_id), ISO timestamp,
 level, logger name, formatted exception, PII scrubbing, JSON rendering.
 """
+
 import json
 import logging.config
 import os
@@ -47,9 +48,16 @@ def logging_dict(level: str | None = None) -> dict:
             }
         },
         "handlers": {
-            "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"},
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            },
             # Warnings and errors as Sentry breadcrumbs (a no-op while Sentry is not started).
-            "sentry_breadcrumbs": {"class": "sentry_sdk.integrations.logging.BreadcrumbHandler", "level": "WARNING"},
+            "sentry_breadcrumbs": {
+                "class": "sentry_sdk.integrations.logging.BreadcrumbHandler",
+                "level": "WARNING",
+            },
         },
         "root": {"handlers": ["console", "sentry_breadcrumbs"], "level": level},
         "loggers": {

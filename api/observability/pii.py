@@ -4,18 +4,52 @@ Keys that name personal data are redacted at any depth; in every string value,
 e-mail addresses, IP addresses and international phone numbers are masked
 (this also covers exception text rendered into a log line).
 """
+
 import functools
 import re
 
 REDACTED = "[redacted]"
 
-PII_KEYS = frozenset({
-    "name", "first_name", "last_name", "full_name", "customer_name", "email", "phone", "phone_number",
-    "mobile", "address", "street", "postcode", "zip", "date_of_birth", "dob", "birth_date", "birthdate",
-    "notes", "note", "password", "passwd", "token", "secret", "authorization", "cookie", "api_key",
-    "ip", "ip_address", "client_ip", "remote_addr", "x_forwarded_for", "http_x_forwarded_for",
-    "http_authorization", "http_cookie", "sessionid", "csrftoken",
-})
+PII_KEYS = frozenset(
+    {
+        "name",
+        "first_name",
+        "last_name",
+        "full_name",
+        "customer_name",
+        "email",
+        "phone",
+        "phone_number",
+        "mobile",
+        "address",
+        "street",
+        "postcode",
+        "zip",
+        "date_of_birth",
+        "dob",
+        "birth_date",
+        "birthdate",
+        "notes",
+        "note",
+        "password",
+        "passwd",
+        "token",
+        "secret",
+        "authorization",
+        "cookie",
+        "api_key",
+        "ip",
+        "ip_address",
+        "client_ip",
+        "remote_addr",
+        "x_forwarded_for",
+        "http_x_forwarded_for",
+        "http_authorization",
+        "http_cookie",
+        "sessionid",
+        "csrftoken",
+    }
+)
 _KEY_SUFFIXES = ("_password", "_secret", "_token", "_email", "_phone", "_address")
 
 _PATTERNS = re.compile(

@@ -4,6 +4,7 @@ One issue per job that fails for good: Celery's integration reports a task whose
 exception escapes (retries exhausted, or an unexpected error) and ignores retries;
 business failures finish the job without raising, so they never reach Sentry.
 """
+
 import contextlib
 import os
 
@@ -33,7 +34,12 @@ def _scrub_event(event, hint):
     if "celery_task" in tags and (event.get("exception") or {}).get("values"):
         # Messages carry job ids; group by what failed, not by which job.
         exc_type = event["exception"]["values"][-1].get("type", "Exception")
-        event["fingerprint"] = ["job-failed", tags["celery_task"], tags.get("job_kind", "-"), exc_type]
+        event["fingerprint"] = [
+            "job-failed",
+            tags["celery_task"],
+            tags.get("job_kind", "-"),
+            exc_type,
+        ]
     return event
 
 
@@ -66,8 +72,11 @@ def init(dsn: str | None = None, *, django: bool = True, **overrides) -> bool:
         # wrapping every broker command in a span nobody sends.
         auto_enabling_integrations=False,
         integrations=[
-            *([DjangoIntegration(middleware_spans=True, signals_spans=True, cache_spans=False)]
-              if django and tracing else []),
+            *(
+                [DjangoIntegration(middleware_spans=True, signals_spans=True, cache_spans=False)]
+                if django and tracing
+                else []
+            ),
             # Trace headers on every task: a worker's error event joins the trace of the
             # request that queued the job, with or without tracing.
             CeleryIntegration(propagate_traces=True, monitor_beat_tasks=False),

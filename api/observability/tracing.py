@@ -1,6 +1,7 @@
 """OpenTelemetry, off unless OTEL_EXPORTER_OTLP_ENDPOINT is set: then Django, Celery and
 psycopg are instrumented, spans go to the OTLP/HTTP endpoint, and log lines carry the
 trace id. Nothing is imported when it is off, so it costs nothing."""
+
 import os
 
 _enabled = False
@@ -23,8 +24,12 @@ def init() -> bool:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     # OTEL_SERVICE_NAME and the other standard OTEL_* variables are read by the SDK itself.
-    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "stockflow")}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # re-initialised in forked children
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "stockflow")})
+    )
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter())
+    )  # re-initialised in forked children
     trace.set_tracer_provider(provider)
     CeleryInstrumentor().instrument()
     PsycopgInstrumentor().instrument(enable_commenter=False)

@@ -30,7 +30,9 @@ class SaleLine(models.Model):
     unit_price = models.DecimalField(max_digits=12, decimal_places=2)
 
     class Meta:
-        constraints = [models.CheckConstraint(condition=Q(quantity__gt=0), name="sale_line_qty_pos")]
+        constraints = [
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="sale_line_qty_pos")
+        ]
         ordering = ["id"]
 
 
@@ -42,12 +44,16 @@ class Refund(models.Model):
     sale = models.ForeignKey(Sale, on_delete=models.PROTECT, related_name="refunds")
     kind = models.CharField(max_length=8, choices=Kind.choices)
     idempotency_key = models.CharField(max_length=128)
-    job = models.OneToOneField("jobs.Job", null=True, on_delete=models.PROTECT, related_name="refund")
+    job = models.OneToOneField(
+        "jobs.Job", null=True, on_delete=models.PROTECT, related_name="refund"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["sale", "idempotency_key"], name="refund_key_once_per_sale")
+            models.UniqueConstraint(
+                fields=["sale", "idempotency_key"], name="refund_key_once_per_sale"
+            )
         ]
 
 

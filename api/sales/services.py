@@ -3,6 +3,7 @@
 Pure domain code: no HTTP, no Celery. `pay` and `refund` expect to run inside the
 job's transaction, with the job row already locked.
 """
+
 from collections import defaultdict
 from datetime import date
 from decimal import Decimal
@@ -31,7 +32,11 @@ REFUNDABLE = {S.PAID, S.PARTIALLY_REFUNDED}
 
 
 def get_sale(sale_id) -> Sale:
-    sale = Sale.objects.select_related("location").filter(pk=sale_id).first() if ids.plausible(sale_id) else None
+    sale = (
+        Sale.objects.select_related("location").filter(pk=sale_id).first()
+        if ids.plausible(sale_id)
+        else None
+    )
     if sale is None:
         raise DomainError(ErrorCode.NOT_FOUND, f"sale {sale_id} not found")
     return sale
@@ -55,7 +60,12 @@ def create_sale(number: str, location_code: str, lines: list[dict]) -> Sale:
     except IntegrityError:
         raise DomainError(ErrorCode.CONFLICT, f"sale number {number!r} already exists") from None
     SaleLine.objects.bulk_create(
-        SaleLine(sale=sale, product=products[l["sku"]], quantity=l["quantity"], unit_price=Decimal(l["unit_price"]))
+        SaleLine(
+            sale=sale,
+            product=products[l["sku"]],
+            quantity=l["quantity"],
+            unit_price=Decimal(l["unit_price"]),
+        )
         for l in lines
     )
     return sale
@@ -67,7 +77,9 @@ def check_transition(sale: Sale, to_status: str) -> None:
     else:
         allowed = to_status in SYNC_TRANSITIONS.get(sale.status, ())
     if not allowed:
-        raise DomainError(ErrorCode.INVALID_TRANSITION, f"cannot go from {sale.status} to {to_status}")
+        raise DomainError(
+            ErrorCode.INVALID_TRANSITION, f"cannot go from {sale.status} to {to_status}"
+        )
 
 
 @transaction.atomic
@@ -98,7 +110,7 @@ def lines_with_sku(sale_id: int) -> list[SaleLine]:
     on the job's hot path."""
     return sql.fetch(
         SaleLine,
-        f"""SELECT {sql.columns(SaleLine, 'l')}, p.sku FROM {SaleLine._meta.db_table} l
+        f"""SELECT {sql.columns(SaleLine, "l")}, p.sku FROM {SaleLine._meta.db_table} l
             JOIN {Product._meta.db_table} p ON p.id = l.product_id WHERE l.sale_id = %s ORDER BY l.id""",
         [sale_id],
     )
@@ -124,8 +136,13 @@ def pay(job) -> dict:
     now = timezone.now()
     moves = [
         StockMove(
-            kind=StockMove.Kind.SALE_OUT, batch_id=a.on_hand.batch_id, quantity=-a.quantity,
-            sale_line_id=a.line_id, job_id=job.pk, request_id=job.request_id, created_at=now,
+            kind=StockMove.Kind.SALE_OUT,
+            batch_id=a.on_hand.batch_id,
+            quantity=-a.quantity,
+            sale_line_id=a.line_id,
+            job_id=job.pk,
+            request_id=job.request_id,
+            created_at=now,
         )
         for a in allocations
     ]
@@ -138,7 +155,10 @@ def pay(job) -> dict:
         "from_status": from_status,
         "stock_moves_count": len(moves),
         "total_quantity": sum(a.quantity for a in allocations),
-        "moves": [{"sale_line_id": a.line_id, "batch_id": a.on_hand.batch_id, "quantity": a.quantity} for a in allocations],
+        "moves": [
+            {"sale_line_id": a.line_id, "batch_id": a.on_hand.batch_id, "quantity": a.quantity}
+            for a in allocations
+        ],
     }
 
 
@@ -148,21 +168,25 @@ def pay(job) -> dict:
 def _per_batch_refundable(sale: Sale) -> dict[int, dict[int, int]]:
     """{sale_line_id: {batch_id: quantity still refundable to that batch}}."""
     left: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    moves = StockMove.objects.filter(sale_line__sale=sale, kind=StockMove.Kind.SALE_OUT).values_list(
-        "sale_line_id", "batch_id", "quantity"
-    )
+    moves = StockMove.objects.filter(
+        sale_line__sale=sale, kind=StockMove.Kind.SALE_OUT
+    ).values_list("sale_line_id", "batch_id", "quantity")
     for line_id, batch_id, qty in moves:
         left[line_id][batch_id] += -qty
-    back = StockMove.objects.filter(refund_line__refund__sale=sale, kind=StockMove.Kind.REFUND_IN).values_list(
-        "refund_line__sale_line_id", "batch_id", "quantity"
-    )
+    back = StockMove.objects.filter(
+        refund_line__refund__sale=sale, kind=StockMove.Kind.REFUND_IN
+    ).values_list("refund_line__sale_line_id", "batch_id", "quantity")
     for line_id, batch_id, qty in back:
         left[line_id][batch_id] -= qty
     return left
 
 
 def refunded_by_line(sale: Sale) -> dict[int, int]:
-    rows = RefundLine.objects.filter(refund__sale=sale).values("sale_line_id").annotate(q=Sum("quantity"))
+    rows = (
+        RefundLine.objects.filter(refund__sale=sale)
+        .values("sale_line_id")
+        .annotate(q=Sum("quantity"))
+    )
     return {r["sale_line_id"]: r["q"] for r in rows}
 
 
@@ -172,14 +196,18 @@ def requested_refund_lines(sale: Sale, kind: str, lines: list[dict] | None) -> d
     sold = {l.pk: l.quantity for l in sale.lines.all()}
     already = refunded_by_line(sale)
     if kind == Refund.Kind.FULL:
-        wanted = {lid: q - already.get(lid, 0) for lid, q in sold.items() if q - already.get(lid, 0) > 0}
+        wanted = {
+            lid: q - already.get(lid, 0) for lid, q in sold.items() if q - already.get(lid, 0) > 0
+        }
         if not wanted:
             raise DomainError(ErrorCode.OVER_REFUND, "nothing left to refund on this sale")
         return wanted
     wanted: dict[int, int] = defaultdict(int)
     for line in lines or []:
         if line["sale_line_id"] not in sold:
-            raise DomainError(ErrorCode.UNKNOWN_SALE_LINE, f"sale line {line['sale_line_id']} is not on this sale")
+            raise DomainError(
+                ErrorCode.UNKNOWN_SALE_LINE, f"sale line {line['sale_line_id']} is not on this sale"
+            )
         wanted[line["sale_line_id"]] += line["quantity"]
     over = [
         {"sale_line_id": lid, "requested": q, "refundable": sold[lid] - already.get(lid, 0)}
@@ -207,11 +235,17 @@ def refund(job) -> dict:
     kind = job.payload["kind"]
     wanted = requested_refund_lines(sale, kind, job.payload.get("lines"))
     left = _per_batch_refundable(sale)
-    rows = {r.batch_id: r for r in lock_objects.stock_of_batches({b for lid in wanted for b in left[lid]})}
+    rows = {
+        r.batch_id: r
+        for r in lock_objects.stock_of_batches({b for lid in wanted for b in left[lid]})
+    }
 
-    new_refund = Refund.objects.create(sale=sale, kind=kind, idempotency_key=job.idempotency_key, job_id=job.pk)
+    new_refund = Refund.objects.create(
+        sale=sale, kind=kind, idempotency_key=job.idempotency_key, job_id=job.pk
+    )
     refund_lines = RefundLine.objects.bulk_create(
-        RefundLine(refund=new_refund, sale_line_id=lid, quantity=q) for lid, q in sorted(wanted.items())
+        RefundLine(refund=new_refund, sale_line_id=lid, quantity=q)
+        for lid, q in sorted(wanted.items())
     )
     now = timezone.now()
     moves = []
@@ -220,7 +254,11 @@ def refund(job) -> dict:
         # Latest expiry first (never-expiring counts as latest), newest batch breaks ties.
         batches = sorted(
             (b for b, q in left[rl.sale_line_id].items() if q > 0),
-            key=lambda b: (rows[b].batch.expires_on is None, rows[b].batch.expires_on or date.min, b),
+            key=lambda b: (
+                rows[b].batch.expires_on is None,
+                rows[b].batch.expires_on or date.min,
+                b,
+            ),
             reverse=True,
         )
         for batch_id in batches:
@@ -230,8 +268,13 @@ def refund(job) -> dict:
             need -= take
             moves.append(
                 StockMove(
-                    kind=StockMove.Kind.REFUND_IN, batch_id=batch_id, quantity=take, refund_line=rl,
-                    job_id=job.pk, request_id=job.request_id, created_at=now,
+                    kind=StockMove.Kind.REFUND_IN,
+                    batch_id=batch_id,
+                    quantity=take,
+                    refund_line=rl,
+                    job_id=job.pk,
+                    request_id=job.request_id,
+                    created_at=now,
                 )
             )
             if need == 0:
@@ -248,7 +291,14 @@ def refund(job) -> dict:
         "sale_status": sale.status,
         "stock_moves_count": len(moves),
         "total_quantity": sum(m.quantity for m in moves),
-        "moves": [{"sale_line_id": m.refund_line.sale_line_id, "batch_id": m.batch_id, "quantity": m.quantity} for m in moves],
+        "moves": [
+            {
+                "sale_line_id": m.refund_line.sale_line_id,
+                "batch_id": m.batch_id,
+                "quantity": m.quantity,
+            }
+            for m in moves
+        ],
     }
 
 
@@ -265,12 +315,18 @@ def request_payment(sale_id, *, idempotency_key: str | None, request_id: str):
         domain.transition(sale.pk, sale.status, S.PAID, "accepted")
 
     return jobs.accept(
-        Job.Kind.SALE_PAID, sale_id, {"to_status": S.PAID},
-        idempotency_key=idempotency_key, request_id=request_id, precheck=precheck,
+        Job.Kind.SALE_PAID,
+        sale_id,
+        {"to_status": S.PAID},
+        idempotency_key=idempotency_key,
+        request_id=request_id,
+        precheck=precheck,
     )
 
 
-def request_refund(sale_id, kind: str, lines: list[dict] | None, *, idempotency_key: str, request_id: str):
+def request_refund(
+    sale_id, kind: str, lines: list[dict] | None, *, idempotency_key: str, request_id: str
+):
     payload = {"kind": kind}
     if kind == Refund.Kind.PARTIAL:
         payload["lines"] = sorted(lines, key=lambda l: (l["sale_line_id"], l["quantity"]))
@@ -278,12 +334,18 @@ def request_refund(sale_id, kind: str, lines: list[dict] | None, *, idempotency_
     def precheck(sale):
         try:
             check_refundable(sale)
-            requested_refund_lines(sale, kind, payload.get("lines"))  # over-refund now, not after a 202
+            requested_refund_lines(
+                sale, kind, payload.get("lines")
+            )  # over-refund now, not after a 202
         except DomainError as exc:
             domain.refund_refused(sale.pk, kind, exc.code, exc.details)
             raise
 
     return jobs.accept(
-        Job.Kind.SALE_REFUND, sale_id, payload,
-        idempotency_key=idempotency_key, request_id=request_id, precheck=precheck,
+        Job.Kind.SALE_REFUND,
+        sale_id,
+        payload,
+        idempotency_key=idempotency_key,
+        request_id=request_id,
+        precheck=precheck,
     )

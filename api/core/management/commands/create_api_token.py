@@ -10,7 +10,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("name")
         parser.add_argument(
-            "--scopes", default=",".join(scopes.ALL),
+            "--scopes",
+            default=",".join(scopes.ALL),
             help=f"comma-separated, from: {', '.join(scopes.ALL)} (default: all)",
         )
 
@@ -19,6 +20,8 @@ class Command(BaseCommand):
             token, raw = ApiToken.issue(name, [s.strip() for s in scopes.split(",") if s.strip()])
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(f"Created token {token.name!r} (id {token.pk}, scopes {', '.join(token.scopes)}). "
-                          "It is shown only once:")
+        self.stdout.write(
+            f"Created token {token.name!r} (id {token.pk}, scopes {', '.join(token.scopes)}). "
+            "It is shown only once:"
+        )
         self.stdout.write(raw)

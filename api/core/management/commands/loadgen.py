@@ -15,6 +15,7 @@
 Prints one JSON document. Only HTTP: it works against any stockflow deployment.
 The asyncio engine (open_loop, closed_loop, summarize) is importable (bench/ uses it).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,8 +26,8 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 import httpx
 from django.core.management.base import BaseCommand, CommandError
@@ -60,7 +61,9 @@ class Sample:
 Request = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
 
 
-async def _one(client: httpx.AsyncClient, request: Request, i: int, scheduled: float, keep_body: bool) -> Sample:
+async def _one(
+    client: httpx.AsyncClient, request: Request, i: int, scheduled: float, keep_body: bool
+) -> Sample:
     loop = asyncio.get_running_loop()
     sent = loop.time()
     try:
@@ -77,8 +80,9 @@ async def _one(client: httpx.AsyncClient, request: Request, i: int, scheduled: f
         return Sample(i, scheduled, sent, loop.time(), 0, error=type(exc).__name__)
 
 
-async def open_loop(client: httpx.AsyncClient, request: Request, count: int, rate: float,
-                    keep_body: bool = True) -> tuple[list[Sample], dict]:
+async def open_loop(
+    client: httpx.AsyncClient, request: Request, count: int, rate: float, keep_body: bool = True
+) -> tuple[list[Sample], dict]:
     """Send request(client, i) for i in range(count) at `rate`/s on a fixed schedule,
     never waiting for answers. Returns the samples and generator facts (send lag)."""
     loop = asyncio.get_running_loop()
@@ -109,8 +113,13 @@ async def open_loop(client: httpx.AsyncClient, request: Request, count: int, rat
     }
 
 
-async def closed_loop(client: httpx.AsyncClient, request: Request, count: int, concurrency: int,
-                      keep_body: bool = True) -> tuple[list[Sample], dict]:
+async def closed_loop(
+    client: httpx.AsyncClient,
+    request: Request,
+    count: int,
+    concurrency: int,
+    keep_body: bool = True,
+) -> tuple[list[Sample], dict]:
     """Send request(client, i) for i in range(count), `concurrency` in flight at a time."""
     loop = asyncio.get_running_loop()
     it = iter(range(count))
@@ -138,8 +147,11 @@ def latency_summary(values_s: list[float]) -> dict:
     v = sorted(values_s)
     ms = lambda x: round(1000 * x, 2)  # noqa: E731
     return {
-        "p50": ms(percentile(v, 50)), "p95": ms(percentile(v, 95)), "p99": ms(percentile(v, 99)),
-        "max": ms(v[-1]) if v else float("nan"), "mean": ms(sum(v) / len(v)) if v else float("nan"),
+        "p50": ms(percentile(v, 50)),
+        "p95": ms(percentile(v, 95)),
+        "p99": ms(percentile(v, 99)),
+        "max": ms(v[-1]) if v else float("nan"),
+        "mean": ms(sum(v) / len(v)) if v else float("nan"),
     }
 
 
@@ -191,22 +203,33 @@ class Workload:
 
     def client(self, max_connections: int = 64) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=self.timeout,
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=self.timeout,
             # Idle connections dropped before gunicorn's 2 s keep-alive timeout does.
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                                keepalive_expiry=1.0),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=1.0,
+            ),
         )
 
     def sale_lines(self, rng: random.Random) -> list[dict]:
-        skus = rng.sample(self.sku_names, min(self.lines, self.skus)) if self.lines <= self.skus else \
-            [rng.choice(self.sku_names) for _ in range(self.lines)]
+        skus = (
+            rng.sample(self.sku_names, min(self.lines, self.skus))
+            if self.lines <= self.skus
+            else [rng.choice(self.sku_names) for _ in range(self.lines)]
+        )
         return [{"sku": s, "quantity": self.quantity, "unit_price": "9.99"} for s in skus]
 
-    async def setup(self, sales: int, stock_per_batch: int | None = None, concurrency: int = 8) -> dict:
+    async def setup(
+        self, sales: int, stock_per_batch: int | None = None, concurrency: int = 8
+    ) -> dict:
         """Products and 5 batches per SKU; enough stock for `sales` sales, twice over."""
         per_sku = sales * self.lines * self.quantity / self.skus
         per_batch = stock_per_batch or math.ceil(2 * per_sku / BATCHES_PER_SKU) + 5
         async with self.client(concurrency) as c:
+
             async def product(_c, i):
                 sku = self.sku_names[i]
                 return await _c.post("/api/products", json={"sku": sku, "name": f"loadgen {sku}"})
@@ -218,25 +241,41 @@ class Workload:
 
             async def receipt(_c, i):
                 sku, lot = self.sku_names[i // BATCHES_PER_SKU], i % BATCHES_PER_SKU + 1
-                return await _c.post("/api/receipts", json={
-                    "sku": sku, "location": self.location, "lot": f"LG-LOT-{lot}",
-                    "expires_on": f"{2090 + lot}-01-01", "quantity": per_batch,
-                })
+                return await _c.post(
+                    "/api/receipts",
+                    json={
+                        "sku": sku,
+                        "location": self.location,
+                        "lot": f"LG-LOT-{lot}",
+                        "expires_on": f"{2090 + lot}-01-01",
+                        "quantity": per_batch,
+                    },
+                )
 
             receipts, _ = await closed_loop(c, receipt, self.skus * BATCHES_PER_SKU, concurrency)
             bad = [(s.status, s.body) for s in receipts if s.status != 201]
             if bad:
                 raise RuntimeError(f"receipts failed: {bad[:3]}")
-        return {"skus": self.skus, "batches_per_sku": BATCHES_PER_SKU, "received_per_batch": per_batch}
+        return {
+            "skus": self.skus,
+            "batches_per_sku": BATCHES_PER_SKU,
+            "received_per_batch": per_batch,
+        }
 
     async def create_sales(self, count: int, concurrency: int = 8) -> list[int]:
         rng = random.Random(self.seed)
         bodies = [
-            {"number": f"LG-{self.run_id}-{i}", "location": self.location, "lines": self.sale_lines(rng)}
+            {
+                "number": f"LG-{self.run_id}-{i}",
+                "location": self.location,
+                "lines": self.sale_lines(rng),
+            }
             for i in range(count)
         ]
         async with self.client(concurrency) as c:
-            samples, _ = await closed_loop(c, lambda _c, i: _c.post("/api/sales", json=bodies[i]), count, concurrency)
+            samples, _ = await closed_loop(
+                c, lambda _c, i: _c.post("/api/sales", json=bodies[i]), count, concurrency
+            )
         bad = [(s.status, s.error, s.body) for s in samples if s.status != 201]
         if bad:
             raise RuntimeError(f"{len(bad)} sales not created, e.g. {bad[:3]}")
@@ -249,7 +288,9 @@ class Workload:
 
         return request
 
-    async def pay(self, sale_ids: list[int], rate: float, concurrency: int) -> tuple[list[Sample], dict]:
+    async def pay(
+        self, sale_ids: list[int], rate: float, concurrency: int
+    ) -> tuple[list[Sample], dict]:
         request = self.pay_request(sale_ids)
         if rate > 0:
             async with self.client(max_connections=1024) as c:
@@ -264,8 +305,9 @@ class Workload:
         deadline = time.monotonic() + timeout
         async with self.client(concurrency) as c:
             while pending and time.monotonic() < deadline:
-                samples, _ = await closed_loop(c, lambda _c, i: _c.get(f"/api/jobs/{pending[i]}"), len(pending),
-                                               concurrency)
+                samples, _ = await closed_loop(
+                    c, lambda _c, i: _c.get(f"/api/jobs/{pending[i]}"), len(pending), concurrency
+                )
                 for s in samples:
                     if s.status == 200 and s.body:
                         jobs[s.body["id"]] = s.body
@@ -279,9 +321,18 @@ def job_stats(jobs: list[dict], unfinished: int = 0) -> dict:
     done = [j for j in jobs if j.get("status") in TERMINAL and j.get("finished_at")]
     outcomes: dict[str, int] = {}
     for j in done:
-        key = j["status"] if j["status"] == "succeeded" else f"failed:{(j.get('error') or {}).get('code', '?')}"
+        key = (
+            j["status"]
+            if j["status"] == "succeeded"
+            else f"failed:{(j.get('error') or {}).get('code', '?')}"
+        )
         outcomes[key] = outcomes.get(key, 0) + 1
-    out: dict = {"jobs": len(jobs), "finished": len(done), "unfinished": unfinished, "outcomes": outcomes}
+    out: dict = {
+        "jobs": len(jobs),
+        "finished": len(done),
+        "unfinished": unfinished,
+        "outcomes": outcomes,
+    }
     if done:
         first = min(parse_time(j["created_at"]) for j in done)
         last = max(parse_time(j["finished_at"]) for j in done)
@@ -289,24 +340,47 @@ def job_stats(jobs: list[dict], unfinished: int = 0) -> dict:
         out["span_s"] = round(span, 3)
         out["jobs_per_s"] = round(len(done) / span, 1) if span > 0 else None
         out["accept_to_finish_ms"] = latency_summary(
-            [(parse_time(j["finished_at"]) - parse_time(j["created_at"])).total_seconds() for j in done]
+            [
+                (parse_time(j["finished_at"]) - parse_time(j["created_at"])).total_seconds()
+                for j in done
+            ]
         )
     return out
 
 
 async def run(opts: dict) -> dict:
-    w = Workload(url=opts["url"].rstrip("/"), token=opts["token"], location=opts["location"],
-                 sku_prefix=opts["sku_prefix"], skus=opts["skus"], lines=opts["lines"], quantity=opts["quantity"],
-                 seed=opts["seed"], timeout=opts["timeout"])
+    w = Workload(
+        url=opts["url"].rstrip("/"),
+        token=opts["token"],
+        location=opts["location"],
+        sku_prefix=opts["sku_prefix"],
+        skus=opts["skus"],
+        lines=opts["lines"],
+        quantity=opts["quantity"],
+        seed=opts["seed"],
+        timeout=opts["timeout"],
+    )
     count = opts["count"]
     if not count and opts["rate"] > 0:
         count = max(1, round(opts["rate"] * opts["duration"]))
     if not count:
         raise CommandError("give --count, or --rate > 0 with --duration")
     result: dict = {
-        "config": {k: opts[k] for k in ("url", "rate", "duration", "concurrency", "lines", "skus", "quantity",
-                                        "location", "seed")} | {"count": count, "mode": "open-loop" if opts["rate"] > 0
-                                                                else "closed-loop"},
+        "config": {
+            k: opts[k]
+            for k in (
+                "url",
+                "rate",
+                "duration",
+                "concurrency",
+                "lines",
+                "skus",
+                "quantity",
+                "location",
+                "seed",
+            )
+        }
+        | {"count": count, "mode": "open-loop" if opts["rate"] > 0 else "closed-loop"},
     }
     if opts["setup"]:
         result["setup"] = await w.setup(count, opts["stock_per_batch"])
@@ -326,22 +400,45 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--url", default="http://127.0.0.1:8000")
-        parser.add_argument("--token", required=True, help="API bearer token (manage.py create_api_token NAME)")
-        parser.add_argument("--rate", type=float, default=200.0,
-                            help="offered transitions/s, open-loop; 0 = as fast as --concurrency allows")
-        parser.add_argument("--duration", type=float, default=10.0, help="seconds of load at --rate (sets --count)")
-        parser.add_argument("--count", type=int, default=0, help="number of sales to pay (overrides --duration)")
-        parser.add_argument("--concurrency", type=int, default=16, help="in-flight requests (setup and --rate 0)")
+        parser.add_argument(
+            "--token", required=True, help="API bearer token (manage.py create_api_token NAME)"
+        )
+        parser.add_argument(
+            "--rate",
+            type=float,
+            default=200.0,
+            help="offered transitions/s, open-loop; 0 = as fast as --concurrency allows",
+        )
+        parser.add_argument(
+            "--duration", type=float, default=10.0, help="seconds of load at --rate (sets --count)"
+        )
+        parser.add_argument(
+            "--count", type=int, default=0, help="number of sales to pay (overrides --duration)"
+        )
+        parser.add_argument(
+            "--concurrency", type=int, default=16, help="in-flight requests (setup and --rate 0)"
+        )
         parser.add_argument("--lines", type=int, default=3, help="lines per sale (distinct SKUs)")
         parser.add_argument("--skus", type=int, default=50, help="SKUs the lines are drawn from")
         parser.add_argument("--quantity", type=int, default=1, help="quantity per line")
         parser.add_argument("--location", default="LG")
         parser.add_argument("--sku-prefix", default="LG-SKU-")
-        parser.add_argument("--stock-per-batch", type=int, default=None, help="default: twice the expected demand")
-        parser.add_argument("--no-setup", dest="setup", action="store_false", help="products and stock exist already")
-        parser.add_argument("--wait-jobs", action="store_true", help="poll the jobs until finished; adds jobs/s")
+        parser.add_argument(
+            "--stock-per-batch", type=int, default=None, help="default: twice the expected demand"
+        )
+        parser.add_argument(
+            "--no-setup",
+            dest="setup",
+            action="store_false",
+            help="products and stock exist already",
+        )
+        parser.add_argument(
+            "--wait-jobs", action="store_true", help="poll the jobs until finished; adds jobs/s"
+        )
         parser.add_argument("--job-timeout", type=float, default=300.0)
-        parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+        parser.add_argument(
+            "--timeout", type=float, default=30.0, help="per-request timeout, seconds"
+        )
         parser.add_argument("--seed", type=int, default=1)
 
     def handle(self, *args, **opts):

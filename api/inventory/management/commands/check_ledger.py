@@ -14,13 +14,23 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         report = ledger.check()
         if options["json"]:
-            self.stdout.write(json.dumps({
-                "clean": report.clean, "counts": report.counts, "unfinished_jobs": report.unfinished_jobs,
-                "violations": {k: [list(map(str, r)) for r in v] for k, v in report.violations.items()},
-            }))
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "clean": report.clean,
+                        "counts": report.counts,
+                        "unfinished_jobs": report.unfinished_jobs,
+                        "violations": {
+                            k: [list(map(str, r)) for r in v] for k, v in report.violations.items()
+                        },
+                    }
+                )
+            )
         else:
             for name, rows in report.violations.items():
-                self.stdout.write(f"{'FAIL' if rows else 'ok  '} {name}" + (f": {rows[:5]}" if rows else ""))
+                self.stdout.write(
+                    f"{'FAIL' if rows else 'ok  '} {name}" + (f": {rows[:5]}" if rows else "")
+                )
             self.stdout.write("counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()))
             unfinished = ", ".join(f"{k}={v}" for k, v in report.unfinished_jobs.items()) or "none"
             self.stdout.write(f"jobs not yet finished: {unfinished}")
