@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 PORT  ?= 8000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test demo check-ledger services-stop lock exporter-install exporter-lock check-monitoring monitoring-live bench chaos
+.PHONY: install run test test-unit test-integration test-system lint demo check-ledger services-stop lock exporter-install exporter-lock check-monitoring monitoring-live bench chaos
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,9 +27,25 @@ run: install exporter-install
 	@echo
 	exec honcho start --procfile Procfile --port $(PORT)
 
-## The test suite (real PostgreSQL, Redis and Celery worker processes).
-test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+## The whole test suite, tier by tier (what .ci/run calls).
+test: test-unit test-integration test-system
+
+## Pure logic: no PostgreSQL, no Redis, no subprocess (seconds).
+test-unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+## Real PostgreSQL, Redis and Celery worker processes.
+test-integration: install
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+## Whole-stack runs: chaos and bench smoke, the browser, fuzzing.
+test-system: install
+	$(PY) -m pytest tests/system $(PYTEST_ARGS)
+
+## ruff: the rule selection in pyproject.toml, and the formatter.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 ## Against a running `make run`: sell, pay, refund, and print each job.
 demo: install
@@ -48,7 +64,7 @@ check-ledger: install
 
 ## Stop the embedded PostgreSQL and Redis under .state/.
 services-stop: install
-	$(PY) -m api.embedded stop
+	$(PY) -m harness.embedded stop
 
 ## Re-resolve the lock file from pyproject.toml (needs network).
 lock:

@@ -6,12 +6,12 @@ on our own embedded PostgreSQL and Redis (a temp state dir, as `python -m bench`
 
   accept  POST /api/sales/{id}/transition {"to_status": "paid"} through Django's test
           client: every middleware, auth, the job + audit transaction, the broker publish
-  job     api.jobs.services.run(job_id, HANDLERS): the worker's service path (claim, locks,
+  job     stockflow.stock.services.outbox.run(job_id, HANDLERS): the worker's service path (claim, locks,
           FEFO, moves, finish), for jobs accepted just before (untimed)
 
 Each (path, mode) runs in its own child process, because logging and Sentry are set up
 at import: mode "off" = LOG_LEVEL=WARNING, no Sentry; "on" = LOG_LEVEL=INFO and Sentry
-(to a local sink) started as the web (api/wsgi.py) or a worker (celeryd_init) starts it.
+(to a local sink) started as the web (config/wsgi.py) or a worker (celeryd_init) starts it.
 Prints one JSON document: CPU ms per operation (time.process_time of the child), and
 the on/off ratio as the baseline comparison.
 """
@@ -31,22 +31,25 @@ SKUS = 50
 
 
 def child(path: str, n: int) -> dict:
-    from api.observability import sentry
+    from stockflow.observability import sentry
 
     if os.environ.get("SENTRY_DSN"):
-        sentry.init(django=(path == "accept"))  # as api/wsgi.py; as a Celery worker
+        sentry.init(django=(path == "accept"))  # as config/wsgi.py; as a Celery worker
     import random
     import uuid
 
     import django
 
+    from stockflow.observability import logging as log_config
+
+    log_config.configure()  # as bootstrap() would; Sentry was chosen above per path
     django.setup()
     from django.test import Client
 
-    from api.core.models import ApiToken
-    from api.jobs import services as jobs
-    from api.jobs.handlers import HANDLERS
     from bench import db
+    from stockflow.accounts.models import ApiToken
+    from stockflow.stock.services import outbox as jobs
+    from stockflow.stock.services.handlers import HANDLERS
 
     prefix = f"{path}-{uuid.uuid4().hex[:6]}"
     skus = [f"{prefix}-{i}" for i in range(SKUS)]

@@ -18,11 +18,9 @@ from pathlib import Path
 from django.db import connection
 from django.db.models import Count, Max, Min
 
-from api.core.management.commands.loadgen import latency_summary
-from api.inventory import services as inventory
-from api.inventory.models import Location, Product
-from api.jobs.models import Job
-from api.sales.models import Sale, SaleLine
+from harness.loadgen import latency_summary
+from stockflow.stock.models import Job, Location, Product, Sale, SaleLine
+from stockflow.stock.services import inventory
 
 BATCHES = 5
 

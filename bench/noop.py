@@ -5,7 +5,7 @@ task runs in the same prefork pool, with the same broker, acks_late / prefetch s
 and the same worker signal handlers (metrics, structlog context) as `stockflow.run_job`.
 """
 
-from workers.celery_app import app
+from workers.celery import app
 
 NOOP_TASK = "bench.noop"
 

@@ -205,7 +205,7 @@ def fire(
     timeout: float = 120.0,
 ):
     """POST path.format(id) for every id: open-loop at `rate`/s, or closed-loop (max rate)."""
-    from api.core.management.commands.loadgen import closed_loop, open_loop
+    from harness.loadgen import closed_loop, open_loop
 
     async def go():
         conns = 2048 if rate else concurrency
@@ -308,6 +308,9 @@ class Bench:
             os.environ.pop(k, None)
         import django
 
+        from stockflow.observability.bootstrap import bootstrap
+
+        bootstrap("manage")  # this process logs like any other stockflow process
         django.setup()
         from bench import db
 
@@ -388,8 +391,8 @@ class Bench:
 
     def paid_run(self, name: str, *, rate: float = 0) -> dict:
         """Fire PAID transitions for the sales of `name` and wait for their jobs."""
-        from api.core.management.commands.loadgen import summarize
         from bench import db
+        from harness.loadgen import summarize
 
         ids = self.sales.get(name)
         if not ids:
@@ -432,7 +435,7 @@ class Bench:
         from django.conf import settings
 
         from bench.noop import NOOP_TASK, noop
-        from workers.celery_app import app
+        from workers.celery import app
 
         n = self.args.floor_tasks
         r = redis.Redis.from_url(settings.CELERY_BROKER_URL)
@@ -564,8 +567,8 @@ class Bench:
         return out
 
     def sync_latency(self) -> dict:
-        from api.core.management.commands.loadgen import summarize
         from bench import db
+        from harness.loadgen import summarize
 
         st = self.stack
         _, url = st.start_web(

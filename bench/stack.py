@@ -2,7 +2,7 @@
 temporary state dir, and web / worker / sync-web as subprocesses in their own sessions.
 
 Only processes started here are ever signalled: app processes through their Popen
-handles and the process groups they lead; the servers through `python -m api.embedded
+handles and the process groups they lead; the servers through `python -m harness.embedded
 stop` for our state dir.
 """
 
@@ -217,7 +217,7 @@ class Stack:
             if k not in _SCRUB and not k.startswith(_SCRUB_PREFIXES)
         }
         env.update(
-            DJANGO_SETTINGS_MODULE="api.settings",
+            DJANGO_SETTINGS_MODULE="config.settings",
             STOCKFLOW_STATE_DIR=str(self.state),
             PATH=f"{Path(PY).parent}:{env.get('PATH', '')}",
             PYTHONPATH=str(ROOT),
@@ -233,7 +233,7 @@ class Stack:
 
     def start_services(self) -> dict[str, str]:
         proc = subprocess.run(
-            [PY, "-m", "api.embedded", "start"],
+            [PY, "-m", "harness.embedded", "start"],
             cwd=ROOT,
             env=self.base_env,
             capture_output=True,
@@ -241,7 +241,7 @@ class Stack:
             timeout=300,
         )
         if proc.returncode != 0:
-            raise RuntimeError(f"api.embedded start failed: {proc.stderr[-800:]}")
+            raise RuntimeError(f"harness.embedded start failed: {proc.stderr[-800:]}")
         for line in proc.stdout.splitlines():
             key, sep, value = line.partition("=")
             if sep and key in ("DATABASE_URL", "REDIS_URL"):
@@ -324,7 +324,7 @@ class Stack:
         if app:  # bin/web's two lines, for another app module
             shutil.rmtree(prom, ignore_errors=True)
             prom.mkdir(parents=True)
-            argv = [str(Path(PY).parent / "gunicorn"), app, "--config", "python:api.gunicorn_conf"]
+            argv = [str(Path(PY).parent / "gunicorn"), app, "--config", "python:config.gunicorn"]
         else:
             argv = [str(ROOT / "bin" / "web")]
         proc = Proc(name, argv, env, self.logs / f"{name}.log").start()
@@ -389,7 +389,7 @@ class Stack:
         if self.urls:
             env = {k: v for k, v in self.base_env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
             proc = subprocess.run(
-                [PY, "-m", "api.embedded", "stop"],
+                [PY, "-m", "harness.embedded", "stop"],
                 cwd=ROOT,
                 env=env,
                 capture_output=True,

@@ -1,11 +1,11 @@
 """The comparison a user would otherwise pick: pay a sale *inside* the request.
 
-    gunicorn bench.sync_app:application --config python:api.gunicorn_conf
+    gunicorn bench.sync_app:application --config python:config.gunicorn
 
 A WSGI app that is stockflow's own Django project (same settings, middleware, auth,
 audit row, error contract, gunicorn config) plus one route,
 
-    POST /sync/sales/{id}/pay   ->  api.jobs.services.accept(...) then .run(job, HANDLERS)
+    POST /sync/sales/{id}/pay   ->  stockflow.stock.services.outbox.accept(...) then .run(job, HANDLERS)
                                     in the request, answering 200 with the finished job;
 
 every other path is served by stockflow's URLconf as usual. The route is added by a
@@ -19,10 +19,10 @@ import os
 import django
 from django.core.handlers.wsgi import WSGIHandler
 
-from api.observability import sentry
+from stockflow.observability.bootstrap import bootstrap
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "api.settings")
-sentry.init()  # as api/wsgi.py does for the web
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+bootstrap("web")  # as config/wsgi.py does
 django.setup(set_prefix=False)
 
 from django.http import HttpRequest  # noqa: E402
@@ -30,19 +30,19 @@ from django.urls import path  # noqa: E402
 from ninja import NinjaAPI  # noqa: E402
 from ninja.responses import Status  # noqa: E402
 
-from api import urls as stockflow_urls  # noqa: E402
-from api.core import scopes  # noqa: E402
-from api.http import presenters  # noqa: E402
-from api.http.access import audited  # noqa: E402
-from api.http.api import api as stockflow_api  # noqa: E402
-from api.http.auth import BearerToken  # noqa: E402
-from api.http.parser import StrictParser  # noqa: E402
-from api.http.routes import ERRORS  # noqa: E402
-from api.http.schemas import JobAccepted  # noqa: E402
-from api.jobs import dispatch  # noqa: E402
-from api.jobs import services as jobs  # noqa: E402
-from api.jobs.handlers import HANDLERS  # noqa: E402
-from api.sales import services as sales  # noqa: E402
+from api import presenters  # noqa: E402
+from api.access import audited  # noqa: E402
+from api.api import api as stockflow_api  # noqa: E402
+from api.auth import BearerToken  # noqa: E402
+from api.parser import StrictParser  # noqa: E402
+from api.routes import ERRORS  # noqa: E402
+from api.schemas import JobAccepted  # noqa: E402
+from config import urls as stockflow_urls  # noqa: E402
+from stockflow.accounts import scopes  # noqa: E402
+from stockflow.stock.services import outbox as jobs  # noqa: E402
+from stockflow.stock.services import sales  # noqa: E402
+from stockflow.stock.services.handlers import HANDLERS  # noqa: E402
+from workers import publish as dispatch  # noqa: E402
 
 dispatch.enqueue = lambda job: True  # the job runs in the request; nothing to publish
 

@@ -229,7 +229,7 @@ class Stack:
         )
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
         env.update(
-            DJANGO_SETTINGS_MODULE="api.settings",
+            DJANGO_SETTINGS_MODULE="config.settings",
             STOCKFLOW_STATE_DIR=str(self.state),
             PATH=f"{Path(PY).parent}:{env.get('PATH', '')}",
             PYTHONPATH=str(ROOT),
@@ -250,13 +250,13 @@ class Stack:
     def _embedded(
         self, command: str, keep: tuple[str, ...] = (), timeout: float = 120
     ) -> dict[str, str]:
-        """Run `python -m api.embedded <command>` for our state dir. URLs named in `keep`
+        """Run `python -m harness.embedded <command>` for our state dir. URLs named in `keep`
         are passed in (so that server is left alone); the others are looked up/started."""
         env = {k: v for k, v in self.base_env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
         for key in keep:
             env[key] = self.urls[key]
         proc = subprocess.run(
-            [PY, "-m", "api.embedded", command],
+            [PY, "-m", "harness.embedded", command],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -265,7 +265,7 @@ class Stack:
         )
         if proc.returncode != 0:
             raise RuntimeError(
-                f"api.embedded {command} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}"
+                f"harness.embedded {command} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}"
             )
         out = {}
         for line in proc.stdout.splitlines():
@@ -279,7 +279,7 @@ class Stack:
         self.urls = self._embedded("start", timeout=180)
         for key in ("DATABASE_URL", "REDIS_URL"):
             if not self.urls.get(key):
-                raise RuntimeError(f"api.embedded did not report {key}")
+                raise RuntimeError(f"harness.embedded did not report {key}")
         # Ours, not the machine's: the socket dir is in our state dir, the port is our Redis's.
         port = (self.state / "redis" / "port").read_text().strip()
         ours_pg = str(self.state) in unquote(self.urls["DATABASE_URL"])
@@ -334,7 +334,7 @@ class Stack:
                     )
                 if (self.redis_pid() if key == "REDIS_URL" else self.pg_pid()) is None:
                     raise RuntimeError(
-                        f"api.embedded start returned but the server for {key} is not running"
+                        f"harness.embedded start returned but the server for {key} is not running"
                     )
                 return tries, last_error
             except RuntimeError as exc:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Validates the operations kit with the real tools (tests/test_monitoring.py runs the
+# Validates the operations kit with the real tools (tests/integration/test_monitoring.py runs the
 # same checks, plus metric-name and coverage checks). Tools: monitoring/install-tools.sh.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -30,7 +30,7 @@
 6. web, worker and exporter are scraped directly too: every `# TYPE` family and sample name
    (after the job's metric_relabel_configs), with the names Prometheus stored per job, is
    compared with monitoring/scraped-metric-names.txt; `--write-snapshot` rewrites that file
-   (only when the run passed). tests/test_monitoring.py checks rules and dashboards against it.
+   (only when the run passed). tests/integration/test_monitoring.py checks rules and dashboards against it.
 
 Prints a table and a JSON summary; exits 1 on any query error or any referenced metric name
 (or recording rule) without a series. Only processes and servers started here are stopped.
@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.stack import Proc, Stack, free_port, log  # noqa: E402
-from tests.test_monitoring import (  # noqa: E402
+from tests.integration.test_monitoring import (  # noqa: E402
     PROM,
     PROMETHEUS_BUILTINS,
     SNAPSHOT,
@@ -98,7 +98,7 @@ WORKER_ENV = {
 
 def grafana_to_promql(expr: str) -> str:
     """Grafana's interval variables as durations, any other $var as a match-all regex.
-    (tests.test_monitoring.grafana_to_promql maps every interval to 5m; here the brief's
+    (tests.integration.test_monitoring.grafana_to_promql maps every interval to 5m; here the brief's
     1m / 30s are used and dashboard variables are handled too.)"""
     expr = re.sub(r"\$__rate_interval\b|\$\{__rate_interval\}", "1m", expr)
     expr = re.sub(r"\$__interval\b|\$\{__interval\}", "30s", expr)
@@ -551,7 +551,7 @@ class Faults:
         deadline = time.monotonic() + 60
         while True:
             proc = subprocess.run(
-                [sys.executable, "-m", "api.embedded", "start"],
+                [sys.executable, "-m", "harness.embedded", "start"],
                 cwd=ROOT,
                 env=env,
                 capture_output=True,
@@ -834,8 +834,8 @@ def snapshot_text(observed: dict[str, tuple[dict, set]]) -> str:
 # `type`: a `# TYPE` line of a direct scrape (the family exists, maybe without samples yet);
 # `sample`: a sample name (direct scrape, or stored by Prometheus for that job), after the
 # job's metric_relabel_configs (no *_created). Prometheus's own up/scrape_* are not listed.
-# tests/test_monitoring.py: every metric a rule or dashboard names must be here (or be a
-# recording rule or a Prometheus built-in). tests/test_metrics.py: every name here must be in
+# tests/integration/test_monitoring.py: every metric a rule or dashboard names must be here (or be a
+# recording rule or a Prometheus built-in). tests/integration/test_metrics.py: every name here must be in
 # the live expositions of a real web, worker and celery-exporter.
 #
 """
@@ -999,7 +999,7 @@ def main() -> int:
         # The periodic ledger check (beat is not started here): one run feeds stockflow_ledger_*.
         celery = Path(sys.executable).parent / "celery"
         sent = subprocess.run(
-            [str(celery), "-A", "workers.celery_app", "call", "stockflow.check_ledger"],
+            [str(celery), "-A", "workers.celery", "call", "stockflow.check_ledger"],
             cwd=ROOT,
             env={k: v for k, v in stack.base_env.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
             capture_output=True,

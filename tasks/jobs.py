@@ -5,12 +5,12 @@ from celery import Task
 from django.conf import settings
 from django.db import connection
 
-from api.inventory import ledger
-from api.jobs import services as jobs
-from api.jobs.dispatch import RUN_JOB_TASK
-from api.jobs.handlers import HANDLERS
-from api.observability import exposition, sentry
-from workers.celery_app import app
+from stockflow.observability import exposition, sentry
+from stockflow.stock import invariants
+from stockflow.stock.services import outbox as jobs
+from stockflow.stock.services.handlers import HANDLERS
+from workers.celery import app
+from workers.publish import RUN_JOB_TASK
 from workers.transient import TransientError, classify
 
 logger = structlog.get_logger(__name__)
@@ -70,7 +70,7 @@ def reconcile_jobs():
 @app.task(name="stockflow.check_ledger", ignore_result=True)
 def check_ledger():
     """Periodic invariant check; its verdict feeds stockflow_ledger_violations."""
-    report = ledger.check()
+    report = invariants.check()
     violations = sum(len(rows) for rows in report.violations.values())
     exposition.record_ledger_check(violations)
     log = logger.error if violations else logger.info

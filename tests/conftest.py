@@ -183,7 +183,7 @@ def module_worker(shared_worker, transactional_db):
 
 @pytest.fixture
 def token(transactional_db):
-    from api.core.models import ApiToken
+    from stockflow.accounts.models import ApiToken
 
     return ApiToken.issue("tests")[1]
 

@@ -7,8 +7,8 @@ database number, so `make test` never touches what `make run` is serving.
 import os
 import re
 
-from api.settings import *  # noqa: F403
-from api.settings import DATABASES, REDIS_URL
+from config.settings import *  # noqa: F403
+from config.settings import DATABASES, REDIS_URL
 
 TEST_REDIS_DB = int(os.environ.get("STOCKFLOW_TEST_REDIS_DB", "9"))
 REDIS_URL = re.sub(r"(/\d*)?$", f"/{TEST_REDIS_DB}", REDIS_URL.split("?")[0], count=1)

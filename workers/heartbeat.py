@@ -6,7 +6,7 @@ import time
 import redis
 from celery import bootsteps
 
-from api.core.redis_client import client
+from stockflow.platform.redis_client import client
 
 KEY = "stockflow:worker-heartbeats"
 INTERVAL_SECONDS = 5.0

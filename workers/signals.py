@@ -1,4 +1,5 @@
-"""Worker-side wiring: logging, request context, task metrics, the metrics endpoint.
+"""Worker-side wiring: process bootstrap, request context, task metrics, the metrics
+endpoint. Importing this module connects the handlers (workers/celery.py does).
 
 Request id: django-structlog's Celery receiver copies the publisher's structlog
 context (request_id, job_id) into a task header and binds it in the worker before
@@ -13,29 +14,28 @@ from datetime import datetime
 import structlog
 from celery import signals
 from django.db import close_old_connections, connections
-from django_structlog.celery.steps import DjangoStructLogInitStep
 from prometheus_client import start_http_server
 
-from api.observability import logging as log_config
-from api.observability import metrics, sentry
-from api.observability.exposition import process_registry
-from workers.celery_app import app
-from workers.heartbeat import Heartbeat
+from stockflow.observability import logging as log_config
+from stockflow.observability import metrics
+from stockflow.observability.bootstrap import bootstrap
+from stockflow.observability.exposition import process_registry
 from workers.transient import TransientError, cause_of
 
 logger = structlog.get_logger(__name__)
-
-app.steps["worker"].add(DjangoStructLogInitStep)
-app.steps["worker"].add(Heartbeat)
 
 _OUTCOMES = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
 
 
 @signals.celeryd_init.connect
-@signals.beat_init.connect
-def _start_sentry(**kwargs):
+def _bootstrap_worker(**kwargs):
     # In the worker's main process, before the pool forks: every child inherits it.
-    sentry.init(django=False)
+    bootstrap("worker")
+
+
+@signals.beat_init.connect
+def _bootstrap_beat(**kwargs):
+    bootstrap("beat")
 
 
 @signals.setup_logging.connect

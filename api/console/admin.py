@@ -16,12 +16,21 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from api.core import scopes as token_scopes
-from api.core.models import ApiToken, AuditEntry
-from api.inventory.models import Batch, Location, Product, StockMove, StockOnHand
-from api.jobs.models import Job
-from api.leads.models import Lead
-from api.sales.models import Refund, RefundLine, Sale, SaleLine
+from stockflow.accounts import scopes as token_scopes
+from stockflow.accounts.models import ApiToken, AuditEntry
+from stockflow.leads.models import Lead
+from stockflow.stock.models import (
+    Batch,
+    Job,
+    Location,
+    Product,
+    Refund,
+    RefundLine,
+    Sale,
+    SaleLine,
+    StockMove,
+    StockOnHand,
+)
 
 admin.site.site_header = "stockflow admin"
 admin.site.site_title = "stockflow admin"

@@ -15,10 +15,9 @@ from django.db import connection
 from django.db.models import Case, Count, IntegerField, Value, When
 from django.utils import timezone
 
-from api.core.errors import ErrorCode
-from api.inventory import ledger
-from api.inventory.models import StockOnHand
-from api.jobs.models import Job
+from stockflow.platform.errors import ErrorCode
+from stockflow.stock import invariants
+from stockflow.stock.models import Job, StockOnHand
 
 # ?window= values: (length, chart bucket). Buckets keep the chart at 15–60 bars.
 WINDOWS: dict[str, tuple[datetime.timedelta, datetime.timedelta]] = {
@@ -197,7 +196,7 @@ class A1:
 
     @property
     def figure(self) -> str:
-        def n(rows):  # ledger.check() keeps at most 20 rows per check
+        def n(rows):  # invariants.check() keeps at most 20 rows per check
             return f"{len(rows)}+" if len(rows) >= 20 else str(len(rows))
 
         return (
@@ -206,7 +205,7 @@ class A1:
         )
 
 
-def a1(report: ledger.LedgerReport) -> A1:
+def a1(report: invariants.LedgerReport) -> A1:
     """A1 flash-sale concurrency: 0 oversell — no negative on-hand, on-hand == Σ moves."""
     negative = report.violations.get("on_hand_not_negative", [])
     mismatched = report.violations.get("on_hand_equals_moves", [])

@@ -18,10 +18,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from api.inventory import ledger
-from api.inventory.models import StockMove
-from api.jobs.models import Job
-from api.sales.models import Refund
+from stockflow.stock import invariants
+from stockflow.stock.models import Job, Refund, StockMove
 
 from . import charts, figures
 
@@ -112,7 +110,7 @@ def overview(request):
     window = figures.parse_window(request.GET.get("window"))
     code = figures.parse_code(request.GET.get("code"))
     jobs = figures.job_window(window, now)
-    report = ledger.check()
+    report = invariants.check()
     oldest = {
         status: figures.oldest_unfinished(status)
         for status in (Job.Status.QUEUED, Job.Status.RUNNING)

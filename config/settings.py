@@ -1,0 +1,215 @@
+"""stockflow settings: plain data read from the environment. Importing them starts
+nothing: no server, no logging or tracing setup.
+
+DATABASE_URL and REDIS_URL are required. In development the entry points that need
+servers (manage.py, bin/*, the test suite) start stockflow's embedded PostgreSQL and
+Redis first when they are unset (harness/embedded.py) and export their URLs; a process
+that skipped that fails loudly on its first connection, not silently elsewhere.
+Logging, tracing and Sentry are set up once per process by the entry point
+(stockflow.observability.bootstrap).
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from config.env import env_bool, env_int, env_list, env_networks
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+# Unset: sockets that cannot exist, so the first connection fails at once and says why.
+UNSET_DATABASE_URL = "postgresql://postgres@%2Fnonexistent%2Fset-DATABASE_URL/stockflow"
+UNSET_REDIS_URL = "unix:///nonexistent/set-REDIS_URL"
+
+DEBUG = env_bool("DJANGO_DEBUG")
+# production: HTTPS-only cookies, HSTS, SSL redirect; `manage.py check --deploy` passes.
+PRODUCTION = os.environ.get("STOCKFLOW_ENV", "development") == "production"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if PRODUCTION:
+        raise RuntimeError("DJANGO_SECRET_KEY must be set when STOCKFLOW_ENV=production")
+    SECRET_KEY = "django-insecure-dev-only-stockflow-key"  # dev and tests only
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "" if PRODUCTION else "*")
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.admin",
+    "django_structlog",
+    "stockflow.accounts",
+    "stockflow.stock",
+    "stockflow.leads",
+    "api.console",
+]
+
+MIDDLEWARE = [
+    "api.middleware.RequestIdMiddleware",
+    "django_structlog.middlewares.RequestMiddleware",
+    "api.middleware.MetricsMiddleware",
+    "api.errors.JsonErrorsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or UNSET_DATABASE_URL,
+        # One persistent connection per web thread / worker child, health-checked before reuse.
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 300),
+        conn_health_checks=True,
+    )
+}
+DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = os.environ.get("REDIS_URL") or UNSET_REDIS_URL
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_TZ = True
+USE_I18N = False
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / ".state" / "static"
+# Admin and console assets served by the app itself (no build step; `collectstatic` in make run / the image).
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+APPEND_SLASH = False
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # JSON bodies here are small; refuse floods early
+
+# --- security headers and cookies ---------------------------------------------------------
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+if PRODUCTION:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")  # TLS ends at the proxy
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [
+        r"^healthz$",
+        r"^readyz$",
+        r"^metrics$",
+    ]  # probes and scrapes speak plain HTTP inside
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# --- observability --------------------------------------------------------------------
+# Logging is configured by stockflow.observability.bootstrap, once per process, not by Django.
+LOGGING_CONFIG = None
+DJANGO_STRUCTLOG_CELERY_ENABLED = True
+DJANGO_STRUCTLOG_IP_LOGGING_ENABLED = False  # an IP address is personal data
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True  # RequestIdMiddleware sanitized it first
+DJANGO_STRUCTLOG_USER_ID_FIELD = None
+# /metrics on the web port answers only to this bearer token (unset: always 401).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
+# --- public lead form ------------------------------------------------------------------
+LEADS_PER_MINUTE = env_int("LEADS_PER_MINUTE", 2)
+LEADS_PER_HOUR = env_int("LEADS_PER_HOUR", 10)
+# Only these proxies' X-Forwarded-For is believed (comma-separated addresses or CIDRs).
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
+
+# --- jobs -------------------------------------------------------------------
+# A queued job whose broker message may be lost is re-sent after this many seconds.
+JOB_QUEUED_LEASE_SECONDS = env_int("JOB_QUEUED_LEASE_SECONDS", 30)
+# A running job whose worker may be dead is re-sent after its lease expires.
+JOB_RUNNING_LEASE_SECONDS = env_int("JOB_RUNNING_LEASE_SECONDS", 90)
+# A job delivered more often than this (e.g. a poison message killing workers) fails for good.
+JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 10)
+JOB_RECONCILE_INTERVAL_SECONDS = env_int("JOB_RECONCILE_INTERVAL_SECONDS", 5)
+# Transient faults: exponential backoff with full jitter, at most this many retries.
+JOB_MAX_RETRIES = env_int("JOB_MAX_RETRIES", 5)
+JOB_RETRY_BACKOFF_MAX_SECONDS = env_int("JOB_RETRY_BACKOFF_MAX_SECONDS", 30)
+# readyz: a worker must have sent a heartbeat within this many seconds.
+WORKER_HEARTBEAT_MAX_AGE_SECONDS = env_int("WORKER_HEARTBEAT_MAX_AGE_SECONDS", 30)
+
+# How a committed job reaches the broker: the domain calls this, and never imports Celery.
+JOB_PUBLISHER = "workers.publish.enqueue"
+
+# --- Celery (read by workers/celery.py with namespace CELERY) -------------
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# PostgreSQL's Job table holds results; a result backend would be a second, weaker copy.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+# At-least-once delivery: ack after the task body, requeue if the child dies, take one at a time.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1)
+# Celery's Django fixup closes every DB connection around each task unless this is set
+# (a new PostgreSQL connection per job: 3337 sessions in one bench run instead of 35).
+# Django's DB_CONN_MAX_AGE and health checks apply per task instead (workers/signals.py).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 60)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 45)
+# Redis redelivers an unacked message after this long. It must exceed the longest
+# time a message can legitimately stay unacked: the hard time limit plus the longest
+# retry countdown (retries are ETA messages held unacked by the worker).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 300),
+    "socket_timeout": 5,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 10,
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Broker errors on publish: bounded retry with backoff inside kombu; the reconciler
+# covers what is still lost.
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 3,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 1,
+}
+# Events for Flower and celery-exporter (task-sent from the publisher, task-* from workers).
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", True)
+CELERY_TASK_TRACK_STARTED = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-jobs": {
+        "task": "stockflow.reconcile_jobs",
+        "schedule": float(JOB_RECONCILE_INTERVAL_SECONDS),
+        "options": {"expires": float(JOB_RECONCILE_INTERVAL_SECONDS)},
+    },
+    "check-ledger": {
+        "task": "stockflow.check_ledger",
+        "schedule": float(env_int("LEDGER_CHECK_INTERVAL_SECONDS", 300)),
+    },
+}

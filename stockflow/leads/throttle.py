@@ -1,0 +1,65 @@
+"""Per-client throttling of the public lead form, counted in Redis so that every
+web process shares one budget. Fixed windows: a burst budget per minute and a
+budget per hour."""
+
+import hashlib
+import hmac
+import ipaddress
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from stockflow.platform import redis_client
+
+# (scope, window seconds, setting name of the limit)
+WINDOWS = (("minute", 60, "LEADS_PER_MINUTE"), ("hour", 3600, "LEADS_PER_HOUR"))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    scope: str = ""
+    retry_after: int = 0
+
+
+def client_ip(request) -> str:
+    """REMOTE_ADDR, unless it is a trusted proxy: then the right-most X-Forwarded-For
+    entry that is not itself a trusted proxy (clients can forge the left part)."""
+    remote = request.META.get("REMOTE_ADDR", "")
+    if not _trusted(remote):
+        return remote
+    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop):
+            return hop
+    return remote
+
+
+def _trusted(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in settings.TRUSTED_PROXIES)
+
+
+def client_hash(ip: str) -> str:
+    return hmac.new(settings.SECRET_KEY.encode(), ip.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def hit(client: str) -> Verdict:
+    """Count one request for this client in every window; refuse if any is over budget."""
+    now = int(time.time())
+    pipe = redis_client.client().pipeline()
+    keys = []
+    for scope, window, _ in WINDOWS:
+        key = f"stockflow:throttle:leads:{scope}:{client}:{now // window}"
+        keys.append((scope, window, key))
+        pipe.incr(key)
+        pipe.expire(key, window + 5)
+    counts = pipe.execute()[::2]
+    for (scope, window, _), (_, _, setting), count in zip(keys, WINDOWS, counts):
+        if count > getattr(settings, setting):
+            return Verdict(False, scope, window - now % window)
+    return Verdict(True)
