@@ -48,18 +48,30 @@ def client_hash(ip: str) -> str:
     return hmac.new(settings.SECRET_KEY.encode(), ip.encode(), hashlib.sha256).hexdigest()[:16]
 
 
+def window_keys(client: str, now: int) -> list[tuple[str, int, str]]:
+    """(scope, window seconds, Redis key) of the fixed window each budget is counted in
+    at `now`: the key changes when the window does, so an old count simply expires."""
+    return [
+        (scope, window, f"stockflow:throttle:leads:{scope}:{client}:{now // window}")
+        for scope, window, _ in WINDOWS
+    ]
+
+
+def judge(counts: list[int], limits: list[int], now: int) -> Verdict:
+    """The verdict for these counts (one per window, in WINDOWS order): the first window
+    over its limit refuses, with the seconds left until that window ends."""
+    for (scope, window, _), count, limit in zip(WINDOWS, counts, limits, strict=True):
+        if count > limit:
+            return Verdict(False, scope, window - now % window)
+    return Verdict(True)
+
+
 def hit(client: str) -> Verdict:
     """Count one request for this client in every window; refuse if any is over budget."""
     now = int(time.time())
     pipe = redis_client.client().pipeline()
-    keys = []
-    for scope, window, _ in WINDOWS:
-        key = f"stockflow:throttle:leads:{scope}:{client}:{now // window}"
-        keys.append((scope, window, key))
+    for _, window, key in window_keys(client, now):
         pipe.incr(key)
         pipe.expire(key, window + 5)
     counts = pipe.execute()[::2]
-    for (scope, window, _), (_, _, setting), count in zip(keys, WINDOWS, counts):
-        if count > getattr(settings, setting):
-            return Verdict(False, scope, window - now % window)
-    return Verdict(True)
+    return judge(counts, [getattr(settings, setting) for _, _, setting in WINDOWS], now)

@@ -198,7 +198,7 @@ def test_depends_on_waits_on_conditions(services):
 def test_mounted_files_and_build_files_exist(compose, services):
     declared = set(compose.get("volumes", {}))
     for name, service in services.items():
-        for source, target in mounts(service):
+        for source, _target in mounts(service):
             if source.startswith(".") or source.startswith("/"):
                 assert host_path(source).exists(), f"{name}: mounts missing {source}"
             else:
