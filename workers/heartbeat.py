@@ -1,6 +1,7 @@
 """Worker liveness for /readyz: each worker's main process records a timestamp in
 Redis every few seconds; readiness asks whether any is recent."""
 
+import contextlib
 import time
 
 import redis
@@ -13,10 +14,8 @@ INTERVAL_SECONDS = 5.0
 
 
 def beat(hostname: str) -> None:
-    try:
+    with contextlib.suppress(redis.RedisError):  # Redis is down; readiness will say so
         client().zadd(KEY, {hostname: time.time()})
-    except redis.RedisError:
-        pass  # the broker is down; readiness will say so
 
 
 def live_workers(max_age: float) -> int:
@@ -44,7 +43,5 @@ class Heartbeat(bootsteps.StartStopStep):
         if self.tref is not None:
             self.tref.cancel()
             self.tref = None
-        try:
+        with contextlib.suppress(redis.RedisError):
             client().zrem(KEY, worker.hostname)
-        except redis.RedisError:
-            pass
