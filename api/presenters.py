@@ -1,7 +1,7 @@
 """Model -> response body. One function per resource, shared by every route."""
 
 from stockflow.stock.models import Job, Sale, StockMove, StockOnHand
-from stockflow.stock.services import sales
+from stockflow.stock.services import refund
 
 
 def job(j: Job) -> dict:
@@ -34,7 +34,7 @@ def stock_row(row: StockOnHand, today=None) -> dict:
 
 
 def sale(s: Sale) -> dict:
-    refunded = sales.refunded_by_line(s)
+    refunded = refund.refunded_by_line(s)
     lines = list(s.lines.select_related("product"))
 
     moves = StockMove.objects.filter(sale_line__sale=s) | StockMove.objects.filter(
@@ -47,13 +47,13 @@ def sale(s: Sale) -> dict:
         "status": s.status,
         "lines": [
             {
-                "id": l.pk,
-                "sku": l.product.sku,
-                "quantity": l.quantity,
-                "unit_price": str(l.unit_price),
-                "refunded": refunded.get(l.pk, 0),
+                "id": line.pk,
+                "sku": line.product.sku,
+                "quantity": line.quantity,
+                "unit_price": str(line.unit_price),
+                "refunded": refunded.get(line.pk, 0),
             }
-            for l in lines
+            for line in lines
         ],
         "moves": [
             {

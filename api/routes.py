@@ -11,8 +11,8 @@ from ninja.responses import Status
 from stockflow.accounts import scopes
 from stockflow.leads.models import Lead
 from stockflow.platform.errors import DomainError, ErrorCode
-from stockflow.stock.models import Job
-from stockflow.stock.services import inventory, sales
+from stockflow.stock.models import Job, Sale
+from stockflow.stock.services import inventory, payment, refund, sales
 
 from . import presenters
 from .access import audited, scoped
@@ -121,8 +121,8 @@ def transition_sale(
     body: TransitionIn,
     idempotency_key: IdempotencyKey = None,
 ):
-    if body.to_status == "paid":
-        job, _ = sales.request_payment(
+    if body.to_status == Sale.Status.PAID:
+        job, _ = payment.request_payment(
             sale_id, idempotency_key=idempotency_key, request_id=request.request_id
         )
         return _accepted(response, job)
@@ -139,7 +139,7 @@ def create_refund(
     idempotency_key: RequiredIdempotencyKey,
 ):
     lines = [line.dict() for line in body.lines] if body.lines else None
-    job, _ = sales.request_refund(
+    job, _ = refund.request_refund(
         sale_id, body.kind, lines, idempotency_key=idempotency_key, request_id=request.request_id
     )
     return _accepted(response, job)
@@ -168,14 +168,14 @@ def list_leads(
         200,
         [
             {
-                "id": l.pk,
-                "name": l.name,
-                "email": l.email,
-                "phone": l.phone,
-                "message": l.message,
-                "source": l.source,
-                "created_at": l.created_at,
+                "id": lead.pk,
+                "name": lead.name,
+                "email": lead.email,
+                "phone": lead.phone,
+                "message": lead.message,
+                "source": lead.source,
+                "created_at": lead.created_at,
             }
-            for l in leads[:limit]
+            for lead in leads[:limit]
         ],
     )

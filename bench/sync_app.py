@@ -5,7 +5,7 @@
 A WSGI app that is stockflow's own Django project (same settings, middleware, auth,
 audit row, error contract, gunicorn config) plus one route,
 
-    POST /sync/sales/{id}/pay   ->  stockflow.stock.services.outbox.accept(...) then .run(job, HANDLERS)
+    POST /sync/sales/{id}/pay   ->  stockflow.stock.services.payment.request_payment(...) then outbox.run(job, HANDLERS)
                                     in the request, answering 200 with the finished job;
 
 every other path is served by stockflow's URLconf as usual. The route is added by a
@@ -40,7 +40,7 @@ from api.schemas import JobAccepted  # noqa: E402
 from config import urls as stockflow_urls  # noqa: E402
 from stockflow.accounts import scopes  # noqa: E402
 from stockflow.stock.services import outbox as jobs  # noqa: E402
-from stockflow.stock.services import sales  # noqa: E402
+from stockflow.stock.services import payment  # noqa: E402
 from stockflow.stock.services.handlers import HANDLERS  # noqa: E402
 from workers import publish as dispatch  # noqa: E402
 
@@ -61,7 +61,7 @@ for exc_class, handler in stockflow_api._exception_handlers.items():  # the same
 @sync_api.post("/sync/sales/{int:sale_id}/pay", response={200: JobAccepted, **ERRORS})
 @audited("sale.transition", scopes.SALES_WRITE)
 def pay_now(request: HttpRequest, sale_id: int):
-    job, _ = sales.request_payment(sale_id, idempotency_key=None, request_id=request.request_id)
+    job, _ = payment.request_payment(sale_id, idempotency_key=None, request_id=request.request_id)
     finished = jobs.run(job.pk, HANDLERS)
     return Status(200, {"job": presenters.job(finished or job)})
 

@@ -11,10 +11,12 @@ from collections import Counter, defaultdict
 
 import psycopg
 
+from stockflow.platform.errors import STOCK_SHORTAGE_CODES
+
 from .workload import Recorder, Workload
 
 PAY, REFUND = "sale.paid", "sale.refund"
-PAY_BUSINESS_CODES = {"insufficient_stock", "expired_batch"}
+PAY_BUSINESS_CODES = STOCK_SHORTAGE_CODES
 
 
 def connect(url: str, timeout: float = 60) -> psycopg.Connection:

@@ -2,16 +2,15 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
-from api import health
+from api import health, metrics_view
 from api.api import api
 from api.errors import error_response
-from stockflow.observability import exposition
 from stockflow.platform.errors import ErrorCode
 
 urlpatterns = [
     path("healthz", health.healthz),
     path("readyz", health.readyz),
-    path("metrics", exposition.metrics_view),
+    path("metrics", metrics_view.metrics_view),
     # The stock models were three apps (inventory, sales, jobs) before they became one:
     # their old admin pages answer with a permanent redirect, so bookmarks keep working.
     re_path(

@@ -5,7 +5,8 @@ from celery import Task
 from django.conf import settings
 from django.db import connection
 
-from stockflow.observability import exposition, sentry
+from stockflow.observability import sentry
+from stockflow.platform.errors import ErrorCode
 from stockflow.stock import invariants
 from stockflow.stock.services import outbox as jobs
 from stockflow.stock.services.handlers import HANDLERS
@@ -34,7 +35,7 @@ class JobTask(Task):
             logger.warning("job.left_for_reconciler", job_id=args[0], reason=exc.reason)
             return
         try:
-            jobs.fail(args[0], "error", f"{type(exc).__name__}: {exc}"[:2000])
+            jobs.fail(args[0], ErrorCode.ERROR, f"{type(exc).__name__}: {exc}"[:2000])
         except Exception:
             logger.exception("job.fail_record_failed", job_id=args[0])
 
@@ -72,7 +73,7 @@ def check_ledger():
     """Periodic invariant check; its verdict feeds stockflow_ledger_violations."""
     report = invariants.check()
     violations = sum(len(rows) for rows in report.violations.values())
-    exposition.record_ledger_check(violations)
+    invariants.record_verdict(violations)
     log = logger.error if violations else logger.info
     log(
         "ledger.checked",

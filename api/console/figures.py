@@ -1,6 +1,6 @@
 """The figures the ops console shows, computed with a few indexed queries.
 
-Every query on jobs_job filters `status IN (...)` and a `created_at` range, so it is
+Every query on the jobs table filters `status IN (...)` and a `created_at` range, so it is
 a range scan of the (status, created_at) index `job_status_created`; the unfinished
 job look-ups stay inside the partial index of queued/running jobs.
 """
@@ -15,9 +15,9 @@ from django.db import connection
 from django.db.models import Case, Count, IntegerField, Value, When
 from django.utils import timezone
 
-from stockflow.platform.errors import ErrorCode
+from stockflow.platform.errors import BUSINESS_CODES, ErrorCode
 from stockflow.stock import invariants
-from stockflow.stock.models import Job, StockOnHand
+from stockflow.stock.models import Batch, Job, StockMove, StockOnHand
 
 # ?window= values: (length, chart bucket). Buckets keep the chart at 15–60 bars.
 WINDOWS: dict[str, tuple[datetime.timedelta, datetime.timedelta]] = {
@@ -31,17 +31,6 @@ DEFAULT_WINDOW = "1h"
 STATUSES = [s.value for s in Job.Status]
 KINDS = [k.value for k in Job.Kind]
 
-# Business outcomes: the system answered correctly, the request could not be served.
-# They never count against resilience. Any other failure code (today only `error`)
-# does.
-BUSINESS_CODES = frozenset(
-    {
-        ErrorCode.INSUFFICIENT_STOCK,
-        ErrorCode.EXPIRED_BATCH,
-        ErrorCode.INVALID_TRANSITION,
-        ErrorCode.OVER_REFUND,
-    }
-)
 A2_TARGET = 0.999
 # A2 counts jobs *finished* in the window. finished_at is not indexed, so the scan is
 # bounded by created_at: a job created more than this long before the window and
@@ -89,10 +78,10 @@ class JobWindow:
         return sum(self.retried_by_status.values())
 
 
-_WINDOW_SQL = """
+_WINDOW_SQL = f"""
     SELECT date_bin(%s, created_at, %s) AS bucket, kind, status, error_code,
            COUNT(*), COUNT(*) FILTER (WHERE attempts > 1)
-    FROM jobs_job
+    FROM {Job._meta.db_table}
     WHERE status = ANY(%s) AND created_at >= %s AND created_at <= %s
     GROUP BY 1, 2, 3, 4"""
 # date_bin's origin: buckets line up with the wall clock (…:00, …:30, 00:00, 04:00, …).
@@ -218,8 +207,8 @@ def a1(report: invariants.LedgerReport) -> A1:
         verdict=FAIL if negative or mismatched else PASS,
         negative=negative,
         mismatched=mismatched,
-        batches=report.counts.get("inventory_batch", 0),
-        moves=report.counts.get("inventory_stockmove", 0),
+        batches=report.counts.get(Batch._meta.db_table, 0),
+        moves=report.counts.get(StockMove._meta.db_table, 0),
         other_checks=other,
     )
 

@@ -18,8 +18,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from stockflow.platform.errors import BUSINESS_CODES
 from stockflow.stock import invariants
-from stockflow.stock.models import Job, Refund, StockMove
+from stockflow.stock.models import Batch, Job, Refund, StockMove
 
 from . import charts, figures
 
@@ -136,7 +137,7 @@ def overview(request):
         }
         for kind in kinds
     ]
-    stock = figures.stock(report.counts.get("inventory_batch", 0))
+    stock = figures.stock(report.counts.get(Batch._meta.db_table, 0))
     context = {
         "now": now,
         "window": window,
@@ -157,7 +158,7 @@ def overview(request):
         "a2": figures.a2(jobs.since, now),
         "a2_target": f"{figures.A2_TARGET * 100:g} %",
         "a2_lookback": charts.bucket_name(figures.A2_CREATED_LOOKBACK),
-        "business_codes": sorted(figures.BUSINESS_CODES),
+        "business_codes": sorted(BUSINESS_CODES),
         "ledger_other": report.violations,
         "stock": stock,
         "soon_days": figures.SOON_DAYS,
@@ -204,7 +205,7 @@ def job_detail(request, job_id):
         "refund": refund,
         "sale_jobs": sale_jobs,
         "timings": timings,
-        "business": job.error_code in figures.BUSINESS_CODES,
+        "business": job.error_code in BUSINESS_CODES,
         "payload": json.dumps(job.payload, indent=2, sort_keys=True, default=str),
         "result": json.dumps(job.result, indent=2, sort_keys=True, default=str)
         if job.result is not None

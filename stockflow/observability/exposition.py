@@ -1,20 +1,13 @@
-"""Prometheus exposition: the web's /metrics (token-protected), the worker's own port,
-and the scrape-time gauges computed from PostgreSQL and the ledger check."""
+"""Prometheus exposition: which registry a process exposes (the web's /metrics, the
+worker's own port), and the gauges computed at scrape time from readers the caller
+supplies (the web wires the stock app's backlog and ledger-verdict readers)."""
 
-import hmac
 import os
-import time
+from collections.abc import Callable
 
-from django.conf import settings
-from django.db import connection
-from django.http import HttpResponse
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-
-from stockflow.platform import redis_client
-
-LEDGER_KEY = "stockflow:ledger-check"
 
 
 def process_registry():
@@ -26,24 +19,31 @@ def process_registry():
     return REGISTRY
 
 
-class BacklogCollector:
-    """Jobs by status and the oldest queued job's age: one query on the partial
-    index of unfinished jobs, run at scrape time, exposed by the web only."""
+class ScrapeTimeCollector:
+    """Jobs by status, the oldest queued job's age, and the last ledger check's verdict,
+    read when scraped.
+
+    backlog()        -> ({status: jobs}, oldest queued job's age in seconds)
+    ledger_verdict() -> (violations, unix time checked), or None before the first check
+    """
+
+    def __init__(
+        self,
+        backlog: Callable[[], tuple[dict[str, int], float]],
+        ledger_verdict: Callable[[], tuple[float, float] | None],
+    ):
+        self.backlog = backlog
+        self.ledger_verdict = ledger_verdict
 
     def collect(self):
         jobs = GaugeMetricFamily("stockflow_jobs", "Unfinished jobs by status.", labels=["status"])
         oldest = GaugeMetricFamily(
             "stockflow_oldest_queued_job_age_seconds", "Age of the oldest queued job (0 if none)."
         )
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT status, COUNT(*), EXTRACT(EPOCH FROM now() - MIN(created_at)) FROM jobs_job "
-                "WHERE status IN ('queued', 'running') GROUP BY status"
-            )
-            rows = {status: (count, age) for status, count, age in cursor.fetchall()}
-        for status in ("queued", "running"):
-            jobs.add_metric([status], rows.get(status, (0, None))[0])
-        oldest.add_metric([], float(rows.get("queued", (0, 0))[1] or 0))
+        counts, oldest_age = self.backlog()
+        for status, count in counts.items():
+            jobs.add_metric([status], count)
+        oldest.add_metric([], oldest_age)
         yield jobs
         yield oldest
 
@@ -55,38 +55,17 @@ class BacklogCollector:
             "stockflow_ledger_last_check_timestamp_seconds",
             "Unix time of the last periodic ledger check.",
         )
-        state = redis_client.client().hgetall(LEDGER_KEY)
-        if state:
-            violations.add_metric([], float(state[b"violations"]))
-            checked.add_metric([], float(state[b"checked_at"]))
+        verdict = self.ledger_verdict()
+        if verdict is not None:
+            violations.add_metric([], verdict[0])
+            checked.add_metric([], verdict[1])
         yield violations
         yield checked
 
 
-_backlog_registry = CollectorRegistry(auto_describe=False)
-_backlog_registry.register(BacklogCollector())
-
-
-def record_ledger_check(violations: int) -> None:
-    redis_client.client().hset(
-        LEDGER_KEY, mapping={"violations": violations, "checked_at": time.time()}
-    )
-
-
-def metrics_view(request):
-    """GET /metrics with `Authorization: Bearer $METRICS_TOKEN`; refused when no token is configured."""
-    expected = settings.METRICS_TOKEN
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-        return HttpResponse(
-            "metrics need a bearer token (METRICS_TOKEN)\n",
-            status=401,
-            content_type="text/plain",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    body = generate_latest(process_registry())
-    try:
-        body += generate_latest(_backlog_registry)
-    except Exception:  # the database or Redis is down: still expose the process metrics
-        pass
-    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+def scrape_time_registry(collector: ScrapeTimeCollector) -> CollectorRegistry:
+    """A registry of its own: exposed after the process metrics, and left out when its
+    readers fail (database or Redis down)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry

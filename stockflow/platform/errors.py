@@ -25,6 +25,13 @@ class ErrorCode(StrEnum):
     ERROR = "error"
 
 
+# Business outcomes: the system answered correctly, the request could not be served.
+# They never count against resilience; any other failure code (today only `error`) does.
+# A sale.paid job fails for a business reason only for want of sellable stock.
+STOCK_SHORTAGE_CODES = frozenset({ErrorCode.INSUFFICIENT_STOCK, ErrorCode.EXPIRED_BATCH})
+BUSINESS_CODES = STOCK_SHORTAGE_CODES | {ErrorCode.INVALID_TRANSITION, ErrorCode.OVER_REFUND}
+
+
 HTTP_STATUS = {
     ErrorCode.MALFORMED: 400,
     ErrorCode.TOO_LARGE: 413,

@@ -46,6 +46,13 @@ def columns(model: type[models.Model], alias: str) -> str:
     return ", ".join(f"{alias}.{f.column}" for f in _select_fields(model)[0])
 
 
+def in_list(values) -> str:
+    """`('a', 'b')` for `column IN …`: a fixed set of enumeration values written into
+    the statement, so the planner sees constants (partial indexes match on them). Never
+    for user input."""
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
 def fetch(model: type[models.Model], query: str, params) -> list:
     """Instances of `model` from a SELECT that starts with `columns(model, …)`, built as
     the ORM builds them (`from_db`, field converters such as JSON decoding); any further
@@ -63,7 +70,7 @@ def fetch(model: type[models.Model], query: str, params) -> list:
         for i, field in converters:
             values[i] = field.from_db_value(values[i], None, connection)
         obj = model.from_db(connection.alias, attnames, values)
-        for name, value in zip(extra, row[n:]):
+        for name, value in zip(extra, row[n:], strict=True):
             setattr(obj, name, value)
         out.append(obj)
     return out

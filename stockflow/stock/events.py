@@ -4,6 +4,10 @@ flows into log events (seed catalogue names) and counters."""
 import structlog
 
 from stockflow.observability import metrics
+from stockflow.platform.errors import ErrorCode
+
+from .models import Job, Refund, Sale
+from .results import JobResult, Outcome, PaymentResult, stored
 
 logger = structlog.get_logger("stockflow.domain")
 
@@ -24,7 +28,7 @@ def transition(sale_id: int, from_status: str, to_status: str, result: str, **fi
 def refund_refused(sale_id: int, refund_type: str, code: str, details=None) -> None:
     """A refund refused at the API, before any job exists."""
     metrics.REFUNDS.labels(refund_type, code).inc()
-    if code == "over_refund":
+    if code == ErrorCode.OVER_REFUND:
         over_refund_blocked(sale_id, details)
 
 
@@ -52,51 +56,45 @@ def idempotency_conflict(sale_id: int, kind: str, idempotency_key: str, existing
     )
 
 
-def job_finished(job, duration_s: float | None) -> None:
-    """Called once per job reaching a terminal status (in the worker)."""
-    result = (
-        (job.result or {}).get("outcome", "success")
-        if job.status == "succeeded"
-        else job.error_code
-    )
+def job_finished(job: Job, duration_s: float | None, result: JobResult | None = None) -> None:
+    """Called once per job reaching a terminal status (in the worker). `result` is what
+    the service returned; without it, the typed view of what the job stored."""
+    if result is None:
+        result = stored(job)
     metrics.JOBS_FINISHED.labels(job.kind, job.status, job.error_code).inc()
-    if job.kind == "sale.paid":
+    if job.kind == Job.Kind.SALE_PAID:
         _paid_finished(job, result, duration_s)
     else:
         _refund_finished(job, result, duration_s)
 
 
-def _paid_finished(job, result: str, duration_s: float | None) -> None:
-    metrics.STOCK_CONSUME.labels(result).inc()
+def _paid_finished(job: Job, result: JobResult, duration_s: float | None) -> None:
+    outcome = result.outcome
+    metrics.STOCK_CONSUME.labels(outcome).inc()
     if duration_s is not None:
         metrics.STOCK_CONSUME_DURATION.observe(duration_s)
     duration_ms = round(duration_s * 1000) if duration_s is not None else None
     # On failure the sale kept its status: that is where it came from.
-    from_status = (
-        (job.result or {}).get("from_status") if job.status == "succeeded" else job.sale.status
-    )
+    from_status = result.from_status if isinstance(result, PaymentResult) else job.sale.status
     transition(
         job.sale_id,
         from_status,
-        "paid",
-        "success" if result in ("success", "idempotent") else result,
+        Sale.Status.PAID,
+        Outcome.SUCCESS if isinstance(result, PaymentResult) else outcome,
         job_id=str(job.pk),
         duration_ms=duration_ms,
     )
-    if result == "success":
-        r = job.result
+    if outcome == Outcome.SUCCESS:
         logger.info(
             "sale.paid.stock_consumed",
             entity_type="Sale",
             entity_id=job.sale_id,
-            result=result,
-            stock_moves_count=r["stock_moves_count"],
-            total_quantity=r["total_quantity"],
+            result=outcome,
+            stock_moves_count=result.stock_moves_count,
+            total_quantity=result.total_quantity,
             duration_ms=duration_ms,
         )
-        lines = {}
-        for m in r["moves"]:
-            lines[m["sale_line_id"]] = lines.get(m["sale_line_id"], 0) + m["quantity"]
+        lines = {m.sale_line_id for m in result.moves}
         logger.info(
             "consistency_checkpoint",
             checkpoint="stock_consumed_for_sale",
@@ -104,51 +102,51 @@ def _paid_finished(job, result: str, duration_s: float | None) -> None:
             entity_type="Sale",
             entity_id=job.sale_id,
             checks={
-                "moves_created": r["stock_moves_count"] > 0,
+                "moves_created": result.stock_moves_count > 0,
                 "all_lines_processed": bool(lines),
             },
-            metadata={"lines": len(lines), "total_quantity": r["total_quantity"]},
+            metadata={"lines": len(lines), "total_quantity": result.total_quantity},
         )
-    elif result not in ("idempotent",):
+    elif outcome != Outcome.IDEMPOTENT:
         logger.warning(
             "sale.paid.stock_consume_failed",
             entity_type="Sale",
             entity_id=job.sale_id,
-            result=result,
+            result=outcome,
             error_message=job.error_message,
             duration_ms=duration_ms,
         )
 
 
-def _refund_finished(job, result: str, duration_s: float | None) -> None:
-    refund_type = (job.payload or {}).get("kind", "full")
-    metrics.REFUNDS.labels(refund_type, result).inc()
+def _refund_finished(job: Job, result: JobResult, duration_s: float | None) -> None:
+    refund_type = (job.payload or {}).get("kind", Refund.Kind.FULL)
+    outcome = result.outcome
+    metrics.REFUNDS.labels(refund_type, outcome).inc()
     if duration_s is not None:
         metrics.REFUND_DURATION.observe(duration_s)
-    if result == "success":
-        r = job.result
-        lines = {m["sale_line_id"] for m in r["moves"]}
-        metrics.REFUND_LINES.labels("success").inc(len(lines))
-        metrics.REFUND_MOVES.labels(refund_type).inc(r["stock_moves_count"])
+    if outcome == Outcome.SUCCESS:
+        lines = {m.sale_line_id for m in result.moves}
+        metrics.REFUND_LINES.labels(Outcome.SUCCESS).inc(len(lines))
+        metrics.REFUND_MOVES.labels(refund_type).inc(result.stock_moves_count)
         logger.info(
             "sale.refund.created",
             refund_type=refund_type,
-            refund_id=r["refund_id"],
+            refund_id=result.refund_id,
             sale_id=job.sale_id,
             lines_count=len(lines),
-            stock_moves_count=r["stock_moves_count"],
-            result=result,
+            stock_moves_count=result.stock_moves_count,
+            result=outcome,
             duration_ms=round(duration_s * 1000) if duration_s is not None else None,
         )
-    elif result != "idempotent":
-        metrics.REFUND_ROLLBACKS.labels(result).inc()
-        if result == "over_refund":
-            over_refund_blocked(job.sale_id, (job.result or {}).get("details"))
+    elif outcome != Outcome.IDEMPOTENT:
+        metrics.REFUND_ROLLBACKS.labels(outcome).inc()
+        if outcome == ErrorCode.OVER_REFUND:
+            over_refund_blocked(job.sale_id, result.details)
         else:
             logger.warning(
                 "sale.refund.failed",
                 refund_type=refund_type,
                 sale_id=job.sale_id,
-                result=result,
+                result=outcome,
                 error_message=job.error_message,
             )

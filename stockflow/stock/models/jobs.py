@@ -19,12 +19,14 @@ class Job(models.Model):
         FAILED = "failed"
 
     TERMINAL = (Status.SUCCEEDED, Status.FAILED)
+    UNFINISHED = (Status.QUEUED, Status.RUNNING)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
     kind = models.CharField(max_length=32, choices=Kind.choices)
     sale = models.ForeignKey("stock.Sale", on_delete=models.PROTECT, related_name="jobs")
     payload = models.JSONField(default=dict)
-    idempotency_key = models.CharField(max_length=128, null=True, blank=True)
+    # NULL, not "": a request without a key never collides with another (unique constraint).
+    idempotency_key = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
     fingerprint = models.CharField(max_length=64)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     attempts = models.PositiveIntegerField(default=0)

@@ -1,10 +1,10 @@
 """Which domain service applies which kind of job."""
 
-from stockflow.stock.services import sales
+from stockflow.stock.services import payment, refund
 
 from ..models import Job
 
 HANDLERS = {
-    Job.Kind.SALE_PAID: sales.pay,
-    Job.Kind.SALE_REFUND: sales.refund,
+    Job.Kind.SALE_PAID: payment.pay,
+    Job.Kind.SALE_REFUND: refund.refund,
 }

@@ -1,4 +1,8 @@
-"""The job lifecycle: accept (outbox write), run (claim, apply, record), fail, reconcile.
+"""The job lifecycle: accept (`earlier` decides a repeated request, else `create` writes
+the outbox row), run (claim, apply, record), fail, reconcile.
+
+The requesting services (payment, refund) lock the sale and apply their own business
+check between `earlier` and `create`.
 
 Exactly-once *effect* under at-least-once delivery: a job's effects and its
 `succeeded` status commit in one transaction that holds the job row lock, so a
@@ -10,6 +14,8 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -18,11 +24,11 @@ from django.utils.module_loading import import_string
 
 from stockflow.platform import ids, sql
 from stockflow.platform.errors import DomainError, ErrorCode
-from stockflow.stock import events, locks
+from stockflow.stock import events, locks, results
 
-from ..models import Job
+from ..models import Job, Sale
 
-Handler = Callable[[Job], dict]
+Handler = Callable[[Job], results.PaymentResult | results.RefundResult]
 
 
 def enqueue(job: Job) -> bool:
@@ -48,80 +54,81 @@ def _lease(status: str, now: datetime.datetime) -> datetime.datetime:
     return now + datetime.timedelta(seconds=seconds)
 
 
-def accept(
-    kind: str,
-    sale_id: int,
-    payload: dict,
-    *,
-    idempotency_key: str | None,
-    request_id: str,
-    precheck: Callable,
-) -> tuple[Job, bool]:
-    """Write the job row and enqueue it on commit. Returns (job, created).
+@dataclass(frozen=True)
+class JobRequest:
+    """A request that becomes a job unless an earlier job already decides it."""
 
-    The sale row is locked so that concurrent requests for one sale are decided one
-    at a time: same Idempotency-Key + same body -> the first job; another body -> 409.
-    """
-    fp = fingerprint(kind, payload)
-    with transaction.atomic(savepoint=False):  # inside the request's audit transaction
-        sale = locks.sale(sale_id)
-        if sale is None:
-            raise DomainError(ErrorCode.NOT_FOUND, f"sale {sale_id} not found")
-        # One query for both earlier jobs that decide this request: the one holding this key,
-        # and (for `paid`) one still in flight.
-        earlier = sql.fetch(
-            Job,
-            _EARLIER,
-            {
-                "sale": sale.pk,
-                "kind": kind,
-                "key": idempotency_key or None,
-                "one_at_a_time": kind == Job.Kind.SALE_PAID,
-            },
-        )
-        same_key = next(
-            (j for j in earlier if idempotency_key and j.idempotency_key == idempotency_key), None
-        )
-        if same_key is not None:
-            if same_key.fingerprint != fp:
-                events.idempotency_conflict(sale.pk, kind, idempotency_key, same_key.pk)
-                raise DomainError(
-                    ErrorCode.IDEMPOTENCY_CONFLICT,
-                    "this Idempotency-Key was already used with a different request body",
-                )
-            return same_key, False
-        if earlier:
-            return earlier[0], False  # a PAID job in flight for this sale
-        precheck(sale)
-        now = timezone.now()
-        job = sql.insert(
-            Job(
-                kind=kind,
-                sale=sale,
-                payload=payload,
-                idempotency_key=idempotency_key or None,
-                fingerprint=fp,
-                request_id=request_id,
-                created_at=now,
-                lease_expires_at=_lease(Job.Status.QUEUED, now),
+    kind: Job.Kind
+    payload: dict
+    idempotency_key: str | None
+    request_id: str
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.kind, self.payload)
+
+
+def earlier(sale: Sale, request: JobRequest) -> Job | None:
+    """The earlier job that decides this request, if any: the one holding its
+    Idempotency-Key (another body -> IDEMPOTENCY_CONFLICT), else for `paid` one still in
+    flight. Call it with the sale locked, so requests for one sale are decided one at a
+    time."""
+    key = request.idempotency_key or None
+    # One query for both earlier jobs that decide this request.
+    found = sql.fetch(
+        Job,
+        _EARLIER,
+        {
+            "sale": sale.pk,
+            "kind": request.kind,
+            "key": key,
+            "one_at_a_time": request.kind == Job.Kind.SALE_PAID,
+        },
+    )
+    same_key = next((j for j in found if key and j.idempotency_key == key), None)
+    if same_key is not None:
+        if same_key.fingerprint != request.fingerprint:
+            events.idempotency_conflict(sale.pk, request.kind, key, same_key.pk)
+            raise DomainError(
+                ErrorCode.IDEMPOTENCY_CONFLICT,
+                "this Idempotency-Key was already used with a different request body",
             )
+        return same_key
+    return found[0] if found else None  # a PAID job in flight for this sale
+
+
+def create(sale: Sale, request: JobRequest) -> Job:
+    """Write the job row and enqueue it when the surrounding transaction commits."""
+    now = timezone.now()
+    job = sql.insert(
+        Job(
+            kind=request.kind,
+            sale=sale,
+            payload=request.payload,
+            idempotency_key=request.idempotency_key or None,
+            fingerprint=request.fingerprint,
+            request_id=request.request_id,
+            created_at=now,
+            lease_expires_at=_lease(Job.Status.QUEUED, now),
         )
-        transaction.on_commit(lambda: enqueue(job))
-    return job, True
+    )
+    transaction.on_commit(lambda: enqueue(job))
+    return job
 
 
+_UNFINISHED = sql.in_list(Job.UNFINISHED)
 _EARLIER = f"""
     SELECT {sql.columns(Job, "j")} FROM {Job._meta.db_table} j
     WHERE sale_id = %(sale)s AND kind = %(kind)s
-      AND (idempotency_key = %(key)s OR (%(one_at_a_time)s AND status IN ('queued', 'running')))
+      AND (idempotency_key = %(key)s OR (%(one_at_a_time)s AND status IN {_UNFINISHED}))
     ORDER BY created_at"""
 
 
 _CLAIM = f"""
     UPDATE {Job._meta.db_table}
-    SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, %(now)s),
+    SET status = '{Job.Status.RUNNING}', attempts = attempts + 1, started_at = COALESCE(started_at, %(now)s),
         lease_expires_at = %(lease)s, updated_at = %(now)s
-    WHERE id = %(id)s AND status IN ('queued', 'running') AND attempts < %(max_attempts)s"""
+    WHERE id = %(id)s AND status IN {_UNFINISHED} AND attempts < %(max_attempts)s"""
 
 
 def _claim(job_id) -> bool:
@@ -155,10 +162,11 @@ _FINISH = f"""
     WHERE id = %s"""
 
 
-def _finish(job: Job, status: str, *, result=None, code: str = "", message: str = "") -> None:
+def _finish(job: Job, status: str, result: results.JobResult, message: str = "") -> None:
+    """Record the end: `job.result` becomes the result's JSON, as stored."""
     job.status = status
-    job.result = result
-    job.error_code = code
+    job.result = result.as_json()
+    job.error_code = result.outcome if isinstance(result, results.Failure) else ""
     job.error_message = message
     job.finished_at = job.updated_at = timezone.now()
     with connection.cursor() as cursor:
@@ -166,8 +174,8 @@ def _finish(job: Job, status: str, *, result=None, code: str = "", message: str 
             _FINISH,
             [
                 status,
-                _RESULT.get_db_prep_save(result, connection),
-                code,
+                _RESULT.get_db_prep_save(job.result, connection),
+                job.error_code,
                 message,
                 job.finished_at,
                 job.updated_at,
@@ -189,7 +197,7 @@ def run(job_id, handlers: dict[str, Handler]) -> Job | None:
             if job.is_terminal:  # a concurrent delivery finished it while we waited
                 return job
             result = handlers[job.kind](job)
-            _finish(job, Job.Status.SUCCEEDED, result=result)
+            _finish(job, Job.Status.SUCCEEDED, result)
     except DomainError as exc:
         return fail(
             job_id,
@@ -198,25 +206,19 @@ def run(job_id, handlers: dict[str, Handler]) -> Job | None:
             details=exc.details,
             duration_s=time.perf_counter() - started,
         )
-    events.job_finished(job, time.perf_counter() - started)
+    events.job_finished(job, time.perf_counter() - started, result)
     return job
 
 
 def fail(
-    job_id, code: str, message: str, details=None, duration_s: float | None = None
+    job_id, code: ErrorCode, message: str, details=None, duration_s: float | None = None
 ) -> Job | None:
     """Finish a job as failed (unless a concurrent delivery already finished it)."""
     with transaction.atomic():
         job = locks.job(job_id)
         if job is None or job.is_terminal:
             return job
-        _finish(
-            job,
-            Job.Status.FAILED,
-            result={"details": details} if details else None,
-            code=code,
-            message=message,
-        )
+        _finish(job, Job.Status.FAILED, results.Failure(code, details), message)
     events.job_finished(job, duration_s)
     return job
 
