@@ -49,7 +49,7 @@ lint: install
 
 ## Against a running `make run`: sell, pay, refund, and print each job.
 demo: install
-	$(PY) manage.py demo --url http://127.0.0.1:$(PORT)
+	$(PY) -m harness.demo --url http://127.0.0.1:$(PORT)
 
 ## Benchmark against stockflow's own embedded PostgreSQL/Redis; prints JSON + a table, writes bench-results/.
 bench: install

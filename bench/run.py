@@ -42,17 +42,17 @@ import httpx
 from bench.sentry_sink import SentrySink
 from bench.stack import ROOT, Stack, log
 
-QUICK = dict(
-    floor_tasks=100,
-    e2e_sales=40,
-    rate=50.0,
-    latency_seconds=1.0,
-    hot_sales=30,
-    statement_sample=10,
-    warmup=5,
-    skus=10,
-    concurrency=8,
-)
+QUICK = {
+    "floor_tasks": 100,
+    "e2e_sales": 40,
+    "rate": 50.0,
+    "latency_seconds": 1.0,
+    "hot_sales": 30,
+    "statement_sample": 10,
+    "warmup": 5,
+    "skus": 10,
+    "concurrency": 8,
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -205,20 +205,12 @@ def fire(
     timeout: float = 120.0,
 ):
     """POST path.format(id) for every id: open-loop at `rate`/s, or closed-loop (max rate)."""
+    from harness.client import async_client
     from harness.loadgen import closed_loop, open_loop
 
     async def go():
         conns = 2048 if rate else concurrency
-        async with httpx.AsyncClient(
-            base_url=url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-            # Idle connections dropped before gunicorn's 2 s keep-alive does, so a
-            # request never races the server closing its connection.
-            limits=httpx.Limits(
-                max_connections=conns, max_keepalive_connections=conns, keepalive_expiry=1.0
-            ),
-        ) as c:
+        async with async_client(url, token, max_connections=conns, timeout=timeout) as c:
 
             def request(client, i):
                 return (
@@ -237,10 +229,10 @@ def fire(
 # --- worker metrics ------------------------------------------------------------------------------------
 
 
-def scrape(port: int) -> list[tuple[str, dict, float]]:
+def scrape(url: str) -> list[tuple[str, dict, float]]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    text = httpx.get(url, timeout=10).text
     return [
         (s.name, s.labels, s.value)
         for fam in text_string_to_metric_families(text)
@@ -271,7 +263,7 @@ class Bench:
         self.result: dict = {}
         self.token = ""
         self.url = ""
-        self.metrics_port = 0
+        self.metrics_url = ""
         self.sales: dict[str, list[int]] = {}
         self.web_env = _kv(args.web_env)
         self.worker_env = _kv(args.worker_env)
@@ -378,12 +370,12 @@ class Bench:
 
     def start_app(self, mode: str) -> None:
         st = self.stack
-        st.stop_proc("web")
-        st.stop_proc("worker")
+        st.stop("web")
+        st.stop("worker")
         env = obs_env(mode, self.sink, self.args.obs_tracing)
         t = time.monotonic()
-        _, self.url = st.start_web("web", dict(env, **self.web_env))
-        _, self.metrics_port = st.start_worker("worker", dict(env, **self.worker_env))
+        self.url = st.start_web("web", dict(env, **self.web_env)).url
+        self.metrics_url = st.start_worker("worker", dict(env, **self.worker_env)).metrics_url
         st.restarts += 1
         log(f"web + worker up (observability {mode}) in {time.monotonic() - t:.1f}s")
 
@@ -439,7 +431,7 @@ class Bench:
 
         n = self.args.floor_tasks
         r = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-        before = metric_sum(scrape(self.metrics_port), "celery_task_outcomes_total", task=NOOP_TASK)
+        before = metric_sum(scrape(self.metrics_url), "celery_task_outcomes_total", task=NOOP_TASK)
         cpu0 = self.stack.cpu_snapshot()
         t0 = time.perf_counter()
         with app.producer_or_acquire() as producer:
@@ -456,7 +448,7 @@ class Bench:
         done = 0.0
         while time.monotonic() < deadline:
             done = (
-                metric_sum(scrape(self.metrics_port), "celery_task_outcomes_total", task=NOOP_TASK)
+                metric_sum(scrape(self.metrics_url), "celery_task_outcomes_total", task=NOOP_TASK)
                 - before
             )
             if done >= n:
@@ -524,7 +516,7 @@ class Bench:
         for name in ("spread", "hot"):
             w_off, pg_off = worker_log.stat().st_size, self.stack.pg_log().stat().st_size
             before = metric_sum(
-                scrape(self.metrics_port), "celery_task_retries_total", reason="deadlock"
+                scrape(self.metrics_url), "celery_task_retries_total", reason="deadlock"
             )
             run = self.paid_run(name)
             run["deadlocks"] = {
@@ -537,7 +529,7 @@ class Bench:
                 ),
                 "celery_task_retries_total_deadlock": int(
                     metric_sum(
-                        scrape(self.metrics_port), "celery_task_retries_total", reason="deadlock"
+                        scrape(self.metrics_url), "celery_task_retries_total", reason="deadlock"
                     )
                     - before
                 ),
@@ -571,11 +563,11 @@ class Bench:
         from harness.loadgen import summarize
 
         st = self.stack
-        _, url = st.start_web(
+        url = st.start_web(
             "sync-web",
             dict(obs_env("on", self.sink, self.args.obs_tracing), **self.web_env),
             app="bench.sync_app:application",
-        )
+        ).url
         try:
             fire(url, self.token, "/sync/sales/{}/pay", self.sales["sync-warmup"], concurrency=4)
             ids = self.sales["latency-sync"]
@@ -585,7 +577,7 @@ class Bench:
             out["jobs"] = db.job_stats(ids)
             return out
         finally:
-            st.stop_proc("sync-web")
+            st.stop("sync-web")
 
     # --- the whole run ------------------------------------------------------------------------------
 
@@ -660,7 +652,7 @@ class Bench:
         if "hot" not in a.skip:
             res["hot_sku"] = self.hot_vs_spread()
 
-        metrics = scrape(self.metrics_port)
+        metrics = scrape(self.metrics_url)
         res["worker_metrics"] = {
             "task_retries_by_reason": {
                 lab["reason"]: v for n, lab, v in metrics if n == "celery_task_retries_total" and v
@@ -686,7 +678,7 @@ class Bench:
         res, st = self.result, self.stack
         peaks = dict(st.memory.peak)
         for name in list(st.procs):
-            st.stop_proc(name)
+            st.stop(name)
         res["resources"] = {
             "peak_memory_mb": peaks,
             "memory_note": "process trees (main + children), sampled every 0.5 s; RSS sums count "

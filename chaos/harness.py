@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -706,10 +707,8 @@ def main(argv=None) -> int:
         if chaos is not None:
             chaos.load_done.set()
             summary.setdefault("chaos", chaos.summary())
-        try:
+        with contextlib.suppress(Exception):
             summary["logs"] = log_stats(stack, rec)
-        except Exception:
-            pass
         if api is not None:
             api.close()
         summary["teardown"] = stack.close(keep_logs=args.keep_logs)

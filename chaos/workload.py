@@ -9,7 +9,6 @@ violation by itself.
 
 from __future__ import annotations
 
-import datetime
 import heapq
 import itertools
 import json
@@ -21,12 +20,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from harness.client import Client, Retry, days
+
 TERMINAL = ("succeeded", "failed")
 MALFORMED_EXPECTED = (400, 404, 422)
-
-
-def days(n: int) -> str:
-    return (datetime.date.today() + datetime.timedelta(days=n)).isoformat()
 
 
 class Recorder:
@@ -79,22 +76,22 @@ class Recorder:
 
 
 class Api:
-    """httpx clients (one per thread: keep-alive, no sharing) with the retry policy."""
+    """harness.client.Client with the caller's retry policy, one per thread (keep-alive, no
+    sharing); every attempt, retry and final answer is tallied in the Recorder."""
 
     def __init__(self, base_url: str, token: str, rec: Recorder, *, give_up_s: float = 180):
-        self.base_url, self.token, self.rec, self.give_up_s = base_url, token, rec, give_up_s
+        self.base_url, self.token, self.rec = base_url, token, rec
+        self.retry = Retry(give_up_s=give_up_s)
         self.local = threading.local()
         self.ids = itertools.count(1)
-        self.clients: list[httpx.Client] = []
+        self.clients: list[Client] = []
         self.lock = threading.Lock()
 
-    def client(self) -> httpx.Client:
+    def client(self) -> Client:
         c = getattr(self.local, "client", None)
         if c is None:
-            c = httpx.Client(
-                base_url=self.base_url,
-                headers={"Authorization": f"Bearer {self.token}"},
-                timeout=httpx.Timeout(45, connect=5),
+            c = Client(
+                self.base_url, self.token, timeout=httpx.Timeout(45, connect=5), retry=self.retry
             )
             self.local.client = c
             with self.lock:
@@ -114,7 +111,6 @@ class Api:
         json_body=None,
         content: bytes | None = None,
         headers: dict | None = None,
-        retry: bool = True,
     ) -> tuple[httpx.Response | None, int]:
         """Send until a final answer (anything but 503 / no answer) or give-up.
         Returns (response or None, attempts)."""
@@ -122,51 +118,35 @@ class Api:
         headers.setdefault("X-Request-ID", f"chaos-{kind}-{next(self.ids)}")
         if content is not None:
             headers.setdefault("Content-Type", "application/json")
-        deadline = time.monotonic() + self.give_up_s
-        delay, attempt = 0.2, 0
-        while True:
-            attempt += 1
-            try:
-                resp = self.client().request(
-                    method, path, json=json_body, content=content, headers=headers
-                )
-                status = resp.status_code
-            except httpx.TransportError as exc:
-                resp, status = None, f"no_answer:{type(exc).__name__}"
-                # A broken keep-alive connection: start over with a fresh client.
-                self.local.client = None
+        last: list = []
+
+        def tally(status, will_retry: bool) -> None:
+            last[:] = [status]
             with self.rec.lock:
                 self.rec.attempts[(kind, status)] += 1
-            if resp is not None and resp.status_code >= 500 and resp.status_code != 503:
-                with self.rec.lock:
-                    self.rec.server_errors.append(
-                        {
-                            "kind": kind,
-                            "method": method,
-                            "path": path,
-                            "status": resp.status_code,
-                            "request_id": resp.headers.get("X-Request-ID"),
-                            "body": resp.text[:300],
-                        }
-                    )
-                break
-            if resp is not None and resp.status_code != 503:
-                break
-            if not retry or time.monotonic() > deadline:
-                break
+                if will_retry:
+                    self.rec.retries[str(status)] += 1
+
+        resp, attempt = self.client().call(
+            method, path, json=json_body, content=content, headers=headers, on_attempt=tally
+        )
+        if resp is not None and resp.status_code >= 500 and resp.status_code != 503:
             with self.rec.lock:
-                self.rec.retries["503" if resp is not None else str(status)] += 1
-            time.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 1.6, 2.0)
+                self.rec.server_errors.append(
+                    {
+                        "kind": kind,
+                        "method": method,
+                        "path": path,
+                        "status": resp.status_code,
+                        "request_id": resp.headers.get("X-Request-ID"),
+                        "body": resp.text[:300],
+                    }
+                )
         with self.rec.lock:
             self.rec.requests[(kind, resp.status_code if resp is not None else "gave_up")] += 1
         if resp is None or resp.status_code == 503:
             self.rec.violation(
-                "request_gave_up",
-                kind=kind,
-                path=path,
-                attempts=attempt,
-                last=resp.status_code if resp is not None else status,
+                "request_gave_up", kind=kind, path=path, attempts=attempt, last=last[0]
             )
         return resp, attempt
 
@@ -356,7 +336,7 @@ class Workload:
         sale_id = sale["id"]
         with self.rec.lock:
             self.rec.notes["sales_created"] += 1
-        lines = {l["id"]: l["quantity"] for l in sale["lines"]}
+        lines = {ln["id"]: ln["quantity"] for ln in sale["lines"]}
         key = f"pay-{number}"
         pay_body = {"to_status": "paid"}
         job_id = self._submit_job("pay", sale_id, f"/api/sales/{sale_id}/transition", pay_body, key)
@@ -487,7 +467,7 @@ class Workload:
             "receipts": "/api/receipts",
         }[target]
         if body is not None and target == "sales":
-            body = dict(body, lines=[dict(l, sku=self.skus[0]) for l in body["lines"]])
+            body = dict(body, lines=[dict(ln, sku=self.skus[0]) for ln in body["lines"]])
         headers = {"Idempotency-Key": f"bad-{rng.random()}"} if target == "refunds" else {}
         resp, _ = self.api.call(
             "malformed", method, path, json_body=body, content=content, headers=headers

@@ -1,6 +1,6 @@
 """A reusable HTTP load generator for stockflow: sales paid through the public API.
 
-    manage.py loadgen --url http://127.0.0.1:8000 --token sf_... --rate 200 --duration 10 --lines 3 --skus 50
+    python -m harness.loadgen --url http://127.0.0.1:8000 --token sf_... --rate 200 --duration 10 --lines 3 --skus 50
 
 1. setup (unless --no-setup): the SKUs `<prefix>000..` exist (POST /api/products, 409 = already
    there) and each gets 5 batches of stock at --location (POST /api/receipts);
@@ -12,25 +12,29 @@
 4. with --wait-jobs: GET /api/jobs/{id} until every accepted job is finished, and jobs/s =
    jobs / (last finished_at - first created_at).
 
-Prints one JSON document. Only HTTP: it works against any stockflow deployment.
-The asyncio engine (open_loop, closed_loop, summarize) is importable (bench/ uses it).
+Prints one JSON document. Only HTTP: it works against any stockflow deployment, and it
+starts no server (get a token with `manage.py create_api_token NAME`). The asyncio engine
+(open_loop, closed_loop, summarize) is importable (bench/ uses it).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime
 import json
 import logging
 import math
 import random
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
-from django.core.management.base import BaseCommand, CommandError
+
+from harness.client import async_client
 
 BATCHES_PER_SKU = 5
 TERMINAL = ("succeeded", "failed")
@@ -202,16 +206,8 @@ class Workload:
         return [f"{self.sku_prefix}{i:03d}" for i in range(self.skus)]
 
     def client(self, max_connections: int = 64) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=self.timeout,
-            # Idle connections dropped before gunicorn's 2 s keep-alive timeout does.
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=1.0,
-            ),
+        return async_client(
+            self.url, self.token, max_connections=max_connections, timeout=self.timeout
         )
 
     def sale_lines(self, rng: random.Random) -> list[dict]:
@@ -306,7 +302,10 @@ class Workload:
         async with self.client(concurrency) as c:
             while pending and time.monotonic() < deadline:
                 samples, _ = await closed_loop(
-                    c, lambda _c, i: _c.get(f"/api/jobs/{pending[i]}"), len(pending), concurrency
+                    c,
+                    lambda _c, i, pending=pending: _c.get(f"/api/jobs/{pending[i]}"),
+                    len(pending),
+                    concurrency,
                 )
                 for s in samples:
                     if s.status == 200 and s.body:
@@ -364,7 +363,7 @@ async def run(opts: dict) -> dict:
     if not count and opts["rate"] > 0:
         count = max(1, round(opts["rate"] * opts["duration"]))
     if not count:
-        raise CommandError("give --count, or --rate > 0 with --duration")
+        raise ValueError("give --count, or --rate > 0 with --duration")
     result: dict = {
         "config": {
             k: opts[k]
@@ -395,60 +394,67 @@ async def run(opts: dict) -> dict:
     return result
 
 
-class Command(BaseCommand):
-    help = "HTTP load generator: create draft sales, then pay them at a fixed rate (open-loop) or max rate; JSON out."
+def parse_args(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(
+        "python -m harness.loadgen",
+        description="HTTP load generator: create draft sales, then pay them at a fixed rate "
+        "(open-loop) or max rate; JSON out.",
+    )
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument(
+        "--token", required=True, help="API bearer token (manage.py create_api_token NAME)"
+    )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=200.0,
+        help="offered transitions/s, open-loop; 0 = as fast as --concurrency allows",
+    )
+    ap.add_argument(
+        "--duration", type=float, default=10.0, help="seconds of load at --rate (sets --count)"
+    )
+    ap.add_argument(
+        "--count", type=int, default=0, help="number of sales to pay (overrides --duration)"
+    )
+    ap.add_argument(
+        "--concurrency", type=int, default=16, help="in-flight requests (setup and --rate 0)"
+    )
+    ap.add_argument("--lines", type=int, default=3, help="lines per sale (distinct SKUs)")
+    ap.add_argument("--skus", type=int, default=50, help="SKUs the lines are drawn from")
+    ap.add_argument("--quantity", type=int, default=1, help="quantity per line")
+    ap.add_argument("--location", default="LG")
+    ap.add_argument("--sku-prefix", default="LG-SKU-")
+    ap.add_argument(
+        "--stock-per-batch", type=int, default=None, help="default: twice the expected demand"
+    )
+    ap.add_argument(
+        "--no-setup", dest="setup", action="store_false", help="products and stock exist already"
+    )
+    ap.add_argument(
+        "--wait-jobs", action="store_true", help="poll the jobs until finished; adds jobs/s"
+    )
+    ap.add_argument("--job-timeout", type=float, default=300.0)
+    ap.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    ap.add_argument("--seed", type=int, default=1)
+    opts = vars(ap.parse_args(argv))
+    if opts["rate"] < 0:
+        ap.error("--rate must be >= 0")
+    return opts
 
-    def add_arguments(self, parser):
-        parser.add_argument("--url", default="http://127.0.0.1:8000")
-        parser.add_argument(
-            "--token", required=True, help="API bearer token (manage.py create_api_token NAME)"
-        )
-        parser.add_argument(
-            "--rate",
-            type=float,
-            default=200.0,
-            help="offered transitions/s, open-loop; 0 = as fast as --concurrency allows",
-        )
-        parser.add_argument(
-            "--duration", type=float, default=10.0, help="seconds of load at --rate (sets --count)"
-        )
-        parser.add_argument(
-            "--count", type=int, default=0, help="number of sales to pay (overrides --duration)"
-        )
-        parser.add_argument(
-            "--concurrency", type=int, default=16, help="in-flight requests (setup and --rate 0)"
-        )
-        parser.add_argument("--lines", type=int, default=3, help="lines per sale (distinct SKUs)")
-        parser.add_argument("--skus", type=int, default=50, help="SKUs the lines are drawn from")
-        parser.add_argument("--quantity", type=int, default=1, help="quantity per line")
-        parser.add_argument("--location", default="LG")
-        parser.add_argument("--sku-prefix", default="LG-SKU-")
-        parser.add_argument(
-            "--stock-per-batch", type=int, default=None, help="default: twice the expected demand"
-        )
-        parser.add_argument(
-            "--no-setup",
-            dest="setup",
-            action="store_false",
-            help="products and stock exist already",
-        )
-        parser.add_argument(
-            "--wait-jobs", action="store_true", help="poll the jobs until finished; adds jobs/s"
-        )
-        parser.add_argument("--job-timeout", type=float, default=300.0)
-        parser.add_argument(
-            "--timeout", type=float, default=30.0, help="per-request timeout, seconds"
-        )
-        parser.add_argument("--seed", type=int, default=1)
 
-    def handle(self, *args, **opts):
-        if opts["rate"] < 0:
-            raise CommandError("--rate must be >= 0")
-        # httpx logs every request at INFO; stdout is for the one JSON document.
-        for name in ("httpx", "httpcore"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        try:
-            result = asyncio.run(run(opts))
-        except (RuntimeError, httpx.HTTPError) as exc:
-            raise CommandError(str(exc)) from exc
-        self.stdout.write(json.dumps(result, indent=2))
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    # httpx logs every request at INFO; stdout is for the one JSON document.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        result = asyncio.run(run(opts))
+    except (ValueError, RuntimeError, httpx.HTTPError) as exc:
+        print(f"loadgen: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,7 +2,7 @@
 
     .venv/bin/python monitoring/integration.py [--write-snapshot] [--keep-logs DIR]
 
-1. bench/stack.Stack brings up embedded PostgreSQL + Redis (this run's own, in a temp dir),
+1. harness.processes.Stack brings up embedded PostgreSQL + Redis (this run's own, in a temp dir),
    migrates, makes an API token, starts the web (bin/web, METRICS_TOKEN set) and one worker
    (bin/worker, metrics port; `lock_timeout` 300 ms through PGOPTIONS, retry backoff capped at
    2 s, 15 retries: a held row lock is a transient fault retried within seconds).
@@ -39,6 +39,7 @@ Prints a table and a JSON summary; exits 1 on any query error or any referenced 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -58,19 +59,20 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.stack import Proc, Stack, free_port, log  # noqa: E402
-from tests.integration.test_monitoring import (  # noqa: E402
+from harness import client as api  # noqa: E402
+from harness.client import Client  # noqa: E402
+from harness.processes import BIN, Stack, free_port, logger  # noqa: E402
+from monitoring.kit import (  # noqa: E402
     PROM,
     PROMETHEUS_BUILTINS,
-    SNAPSHOT,
     dashboard_exprs,
-    exposition_names,
-    names_of,
     promql_metric_names,
-    read_snapshot,
     recording_names,
     rules,
 )
+from monitoring.snapshot import SNAPSHOT, exposition_names, names_of, read_snapshot  # noqa: E402
+
+log = logger("monitoring")
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 INTERVAL = "2s"
@@ -152,10 +154,8 @@ def prometheus_config(ports: dict[str, int], prom_port: int, token_file: Path) -
 
 class Load:
     def __init__(self, url: str, token: str):
-        self.c = httpx.Client(
-            base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"}
-        )
-        self.anon = httpx.Client(base_url=url, timeout=30)
+        self.c = Client(url, token, timeout=30)
+        self.anon = Client(url, timeout=30)
         self.codes: dict[str, dict[int, int]] = {}
 
     def req(self, what: str, method: str, path: str, client=None, **kw) -> httpx.Response:
@@ -165,13 +165,7 @@ class Load:
         return r
 
     def wait_job(self, job_id: str, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.c.get(f"/api/jobs/{job_id}").json()
-            if job.get("status") in ("succeeded", "failed", "dead", "cancelled"):
-                return job
-            time.sleep(0.2)
-        return job
+        return api.wait_for_job(self.c, job_id, timeout, interval=0.2)
 
     def run(self, sales: int = 100) -> dict:
         run = uuid.uuid4().hex[:6]
@@ -452,18 +446,14 @@ class Faults:
 
     @staticmethod
     def _release(conn: psycopg.Connection) -> None:
-        try:
+        with contextlib.suppress(psycopg.Error):  # the outage closed it
             conn.rollback()
-        except psycopg.Error:
-            pass  # the outage closed it
         conn.close()
 
     def _wait_attempts(self, job_ids: list[str], n: int, timeout: float = 30) -> dict[str, int]:
         deadline = time.monotonic() + timeout
         while True:
-            attempts = {
-                j: self.load.c.get(f"/api/jobs/{j}").json().get("attempts", 0) for j in job_ids
-            }
+            attempts = {j: api.job(self.load.c, j).json().get("attempts", 0) for j in job_ids}
             if all(a >= n for a in attempts.values()) or time.monotonic() > deadline:
                 return attempts
             time.sleep(0.1)
@@ -536,36 +526,11 @@ class Faults:
     # PostgreSQL outage --------------------------------------------------------------------------
 
     def _postmaster(self) -> psutil.Process:
-        pgdata = self.stack.state / "pg"
-        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
-        proc = psutil.Process(pid)
         # Ours: a postgres whose data directory is in this run's temp state dir.
-        if proc.name() != "postgres" or str(pgdata) not in proc.cmdline():
-            raise RuntimeError(f"pid {pid} is not this run's postmaster: {proc.cmdline()}")
-        return proc
-
-    def _start_postgres(self) -> None:
-        env = {
-            k: v for k, v in self.stack.base_env.items() if k != "DATABASE_URL"
-        }  # REDIS_URL set: left alone
-        deadline = time.monotonic() + 60
-        while True:
-            proc = subprocess.run(
-                [sys.executable, "-m", "harness.embedded", "start"],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            urls = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
-            if proc.returncode == 0 and urls.get("DATABASE_URL") == self.db_url:
-                return
-            if proc.returncode == 0 or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"PostgreSQL restart failed or moved: {urls} {proc.stderr[-500:]}"
-                )
-            time.sleep(0.5)  # right after shutdown the old processes may still be exiting
+        pid = self.stack.pg_pid()
+        if pid is None:
+            raise RuntimeError("this run's postmaster is not running")
+        return psutil.Process(pid)
 
     def db_outage(self, down_s: float = 4.0) -> None:
         """c. PostgreSQL stopped (fast shutdown) for a few seconds, then started again."""
@@ -614,7 +579,7 @@ class Faults:
                 }
             time.sleep(max(0.0, down_s - (time.monotonic() - t0)))
         finally:
-            self._start_postgres()
+            self.stack.start_server("DATABASE_URL")
         down = round(time.monotonic() - t0, 1)
         # The web's pooled connections died with the server: the first request on one may still fail.
         recovered = None
@@ -732,7 +697,7 @@ def evaluate(prom: httpx.Client) -> dict:
     # Finer: selectors with exact label values (result="error", le="0.8", job="…"): does any
     # series over the run match? Reported, not failed: some outcomes need faults not staged here.
     selectors: dict[str, set[str]] = {}
-    for kind, source, expr in exprs:
+    for _kind, source, expr in exprs:
         for sel in exact_selectors(expr):
             selectors.setdefault(sel, set()).add(source)
     empty_selectors = {}
@@ -917,9 +882,7 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    stack = Stack(web_concurrency=2, web_threads=4, worker_concurrency=2)
-    exporter: Proc | None = None
-    prometheus: Proc | None = None
+    stack = Stack(web_concurrency=2, web_threads=4, worker_concurrency=2, prefix="sfmonitoring.")
     token_file = stack.state / "metrics_token"
     metrics_token = uuid.uuid4().hex
     rc = 1
@@ -931,33 +894,27 @@ def main() -> int:
         stack.base_env["METRICS_TOKEN"] = metrics_token
         token_file.write_text(metrics_token)
 
-        _, web_url = stack.start_web()
-        _, worker_port = stack.start_worker(obs_env=WORKER_ENV)
+        web = stack.start_web()
+        web_url = web.url
+        worker_port = stack.start_worker(env=WORKER_ENV, metrics=True).metrics_port
         log(f"web {web_url}, worker metrics :{worker_port}")
 
         exporter_port = free_port()
-        env = dict(
-            stack.base_env,
-            CELERY_BROKER_URL=stack.urls["REDIS_URL"],
-            EXPORTER_PORT=str(exporter_port),
-            EXPORTER_ADDRESS="127.0.0.1",
-        )
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        exporter = Proc(
+        stack.start(
             "celery-exporter",
-            [str(ROOT / "bin" / "celery-exporter")],
-            env,
-            stack.logs / "celery-exporter.log",
-        ).start()
-        stack.procs["celery-exporter"] = exporter  # stopped by stack.close()
-        Stack._wait_http(
-            exporter, f"http://127.0.0.1:{exporter_port}/"
-        )  # /metrics takes ~2s (inspect)
+            [str(BIN / "celery-exporter")],
+            {
+                "CELERY_BROKER_URL": stack.urls["REDIS_URL"],
+                "EXPORTER_PORT": str(exporter_port),
+                "EXPORTER_ADDRESS": "127.0.0.1",
+            },
+            ready_url=f"http://127.0.0.1:{exporter_port}/",  # /metrics takes ~2s (inspect)
+        )
         log(f"celery-exporter :{exporter_port}")
 
         prom_port = free_port()
         ports = {
-            "stockflow-web": int(web_url.rsplit(":", 1)[1]),
+            "stockflow-web": web.port,
             "stockflow-worker": worker_port,
             "celery-exporter": exporter_port,
         }
@@ -969,7 +926,8 @@ def main() -> int:
         )
         if check.returncode:
             raise RuntimeError(f"generated config invalid:\n{check.stdout}{check.stderr}")
-        prometheus = Proc(
+        prom_url = f"http://127.0.0.1:{prom_port}"
+        stack.start(
             "prometheus",
             [
                 PROMETHEUS,
@@ -977,12 +935,8 @@ def main() -> int:
                 f"--storage.tsdb.path={stack.state / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{prom_port}",
             ],
-            dict(stack.base_env),
-            stack.logs / "prometheus.log",
-        ).start()
-        stack.procs["prometheus"] = prometheus
-        prom_url = f"http://127.0.0.1:{prom_port}"
-        Stack._wait_http(prometheus, prom_url + "/-/ready")
+            ready_url=prom_url + "/-/ready",
+        )
         prom = httpx.Client(base_url=prom_url, timeout=30)
         log(f"prometheus {prom_url} (config {cfg_path})")
 

@@ -1,16 +1,11 @@
-"""Small HTTP helpers that drive stockflow the way a caller does."""
-
-import datetime
+"""The suite's view of harness.client: each helper asserts the status a test expects and
+returns the body. They take any httpx.Client on the API (the `client` fixture, or one on a
+WSGI transport)."""
 
 import httpx
 
-from tests.conftest import wait_for_job
-
-TODAY = datetime.date.today()
-
-
-def days(n: int) -> str:
-    return (TODAY + datetime.timedelta(days=n)).isoformat()
+from harness import client as api
+from harness.client import TERMINAL, days, line
 
 
 def ok(response: httpx.Response, status: int) -> dict:
@@ -19,43 +14,32 @@ def ok(response: httpx.Response, status: int) -> dict:
 
 
 def product(client, sku: str, name: str = "Product") -> dict:
-    return ok(client.post("/api/products", json={"sku": sku, "name": name}), 201)
+    return ok(api.product(client, sku, name), 201)
 
 
 def receive(
     client, sku: str, lot: str, quantity: int, expires_in_days: int | None, location="MAIN"
 ) -> dict:
-    body = {
-        "sku": sku,
-        "location": location,
-        "lot": lot,
-        "quantity": quantity,
-        "expires_on": days(expires_in_days) if expires_in_days is not None else None,
-    }
-    return ok(client.post("/api/receipts", json=body), 201)
+    expires_on = days(expires_in_days) if expires_in_days is not None else None
+    return ok(api.receipt(client, sku, lot, quantity, expires_on, location), 201)
 
 
 def sale(client, number: str, lines: list[tuple[str, int]], location="MAIN") -> dict:
-    body = {
-        "number": number,
-        "location": location,
-        "lines": [{"sku": sku, "quantity": q, "unit_price": "9.99"} for sku, q in lines],
-    }
-    return ok(client.post("/api/sales", json=body), 201)
+    return ok(api.sale(client, number, [line(sku, q) for sku, q in lines], location), 201)
 
 
 def pay(client, sale_id: int, **headers) -> dict:
-    return ok(
-        client.post(
-            f"/api/sales/{sale_id}/transition", json={"to_status": "paid"}, headers=headers
-        ),
-        202,
-    )["job"]
+    return ok(api.pay(client, sale_id, **headers), 202)["job"]
 
 
 def refund(client, sale_id: int, key: str, kind="full", lines=None) -> httpx.Response:
-    body = {"kind": kind} if lines is None else {"kind": kind, "lines": lines}
-    return client.post(f"/api/sales/{sale_id}/refunds", json=body, headers={"Idempotency-Key": key})
+    return api.refund(client, sale_id, key, kind, lines)
+
+
+def wait_for_job(client, job_id: str, timeout: float = 30) -> dict:
+    job = api.wait_for_job(client, job_id, timeout)
+    assert job["status"] in TERMINAL, f"job {job_id} not finished after {timeout}s: {job}"
+    return job
 
 
 def pay_and_wait(client, sale_id: int) -> dict:
@@ -64,6 +48,4 @@ def pay_and_wait(client, sale_id: int) -> dict:
 
 def on_hand(client, sku: str) -> dict[str, int]:
     """{lot: on-hand} for one sku."""
-    return {
-        row["lot"]: row["on_hand"] for row in ok(client.get("/api/stock", params={"sku": sku}), 200)
-    }
+    return {row["lot"]: row["on_hand"] for row in ok(api.stock(client, sku=sku), 200)}

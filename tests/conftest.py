@@ -1,124 +1,101 @@
-"""Fixtures for the real stack: PostgreSQL (test database), Redis, a Celery worker
-*process* (prefork), the API served over HTTP by pytest-django's live server."""
+"""Fixtures for the real stack: PostgreSQL (test database), Redis, Celery worker *processes*
+(prefork) and web processes from harness.processes, the API served over HTTP by
+pytest-django's live server and called through harness.client."""
 
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from django.conf import settings
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness.client import Client
+from harness.processes import BIN, ROOT, Stack
 
 
-def _subprocess_env(**extra) -> dict:
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        STOCKFLOW_USE_TEST_DATABASE="1",
-        DATABASE_URL=os.environ["DATABASE_URL"],
-        REDIS_URL=os.environ["REDIS_URL"],
-        PYTHONPATH=str(ROOT),
+def stack(tmp_path: Path) -> Stack:
+    """Processes on the suite's servers, its test database and Redis db; logs in tmp_path."""
+    return Stack(
+        servers={"DATABASE_URL": os.environ["DATABASE_URL"], "REDIS_URL": os.environ["REDIS_URL"]},
+        state_dir=tmp_path,
+        logs_dir=tmp_path,
+        env={
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "STOCKFLOW_USE_TEST_DATABASE": "1",
+            "STOCKFLOW_TEST_REDIS_DB": str(settings.TEST_REDIS_DB),
+        },
+        web_concurrency=1,
     )
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+
+
+def _strings(env: dict) -> dict[str, str]:
+    return {k: str(v) for k, v in env.items()}
 
 
 class WorkerProcess:
-    """A real `celery worker` (prefork) started as a subprocess of the test run."""
+    """A real `celery worker` (bin/worker, prefork) on the test database and broker."""
 
     def __init__(self, tmp_path: Path, concurrency: int = 2, name: str = "w1", **env):
-        self.log_path = tmp_path / f"worker-{name}.log"
         self.name = name
-        # bin/worker: the same entry point as the Procfile and compose.
-        env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / f"prom-{name}"))
-        env.setdefault("WORKER_METRICS_PORT", "0")
-        self.proc = subprocess.Popen(
-            [str(ROOT / "bin" / "worker")],
-            cwd=ROOT,
-            env=_subprocess_env(WORKER_NAME=name, WORKER_CONCURRENCY=concurrency, **env),
-            stdout=self.log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        env = {
+            "WORKER_CONCURRENCY": concurrency,
+            "PROMETHEUS_MULTIPROC_DIR": tmp_path / f"prom-{name}",
+            **env,
+        }
+        self.proc = stack(tmp_path).start_worker(
+            name, _strings(env), timeout=30, log_name=f"worker-{name}"
         )
-        self._wait_ready()
-
-    def _wait_ready(self, timeout=30):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log()}")
-            if "ready." in self.log():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.proc.log_text()
 
     def child_pids(self) -> list[int]:
-        out = subprocess.run(
-            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
-        ).stdout
-        return [int(p) for p in out.split()]
+        return self.proc.children()
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        self.proc.stop(timeout=20)
 
 
 class WebProcess:
-    """bin/web (gunicorn) as a subprocess on the test database and broker."""
+    """bin/web (gunicorn) on the test database and broker."""
 
     def __init__(self, tmp_path: Path, name: str, **env):
-        self.port = _free_port()
-        self.log = tmp_path / f"web-{name}.log"
-        self.proc = subprocess.Popen(
-            [str(ROOT / "bin" / "web")],
-            cwd=ROOT,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            env=_subprocess_env(
-                PORT=self.port,
-                WEB_CONCURRENCY=1,
-                BIND_HOST="127.0.0.1",
-                PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"prom-web-{name}"),
-                METRICS_TOKEN="test-metrics-token",
-                **env,
-            ),
-            start_new_session=True,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError(self.log.read_text())
+        env = {
+            "PROMETHEUS_MULTIPROC_DIR": tmp_path / f"prom-web-{name}",
+            "METRICS_TOKEN": "test-metrics-token",
+            **env,
+        }
+        self.proc = stack(tmp_path).start_web(f"web-{name}", _strings(env), timeout=30)
+        self.url, self.port, self.log = self.proc.url, self.proc.port, self.proc.log_path
 
     def stop(self):
-        os.killpg(self.proc.pid, 15)
-        self.proc.wait(timeout=20)
+        self.proc.stop(timeout=20)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def script_env(**extra) -> dict[str, str]:
+    """What a bin/ script needs on top of the suite's environment: the test broker (bin/flower
+    gets it from tests.settings, bin/celery-exporter from CELERY_BROKER_URL)."""
+    return _strings({"CELERY_BROKER_URL": settings.CELERY_BROKER_URL, **extra})
+
+
+class ScriptProcess:
+    """One of the bin/ scripts (flower, celery-exporter), not waited for."""
+
+    def __init__(self, tmp_path: Path, name: str, argv: list[str], env: dict):
+        self.proc = stack(tmp_path).start(name, argv, env)
+
+    def log(self) -> str:
+        return self.proc.log_text()
+
+    def check_alive(self):
+        if not self.proc.alive():
+            raise AssertionError(
+                f"{self.proc.argv[0]} exited with {self.proc.returncode()}:\n{self.log()}"
+            )
+
+    def stop(self):
+        self.proc.stop(timeout=15)
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +133,7 @@ class SharedWorker:
         self.tmp_path, self.name, self.current, self.started = tmp_path, name, None, 0
 
     def get(self) -> WorkerProcess:
-        if self.current is None or self.current.proc.poll() is not None:
+        if self.current is None or not self.current.proc.alive():
             self.started += 1
             self.current = WorkerProcess(self.tmp_path, name=f"{self.name}{self.started}")
         return self.current
@@ -181,6 +158,37 @@ def module_worker(shared_worker, transactional_db):
     return shared_worker.get()
 
 
+@pytest.fixture(scope="session")
+def exporter_venv(tmp_path_factory):
+    """Build .venv-exporter the way every start does: by running bin/celery-exporter
+    (`--install` stops once the venv is in place). A cold build takes ~15-60 s."""
+    script = str(BIN / "celery-exporter")
+    env = dict(stack(tmp_path_factory.mktemp("exporter-venv")).base_env, **script_env())
+    out = subprocess.run(
+        [script, "--install"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    # The venv runs the real exporter: its CLI lists the metrics the test reads.
+    out = subprocess.run(
+        [script, "--help"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    assert "celery_task_succeeded_total" in out.stdout, out.stdout
+    return ROOT / ".venv-exporter"
+
+
 @pytest.fixture
 def token(transactional_db):
     from stockflow.accounts.models import ApiToken
@@ -190,23 +198,11 @@ def token(transactional_db):
 
 @pytest.fixture
 def client(live_server, token):
-    with httpx.Client(
-        base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    ) as c:
+    with Client(live_server.url, token, timeout=30) as c:
         yield c
 
 
 @pytest.fixture
 def anon_client(live_server):
-    with httpx.Client(base_url=live_server.url, timeout=30) as c:
+    with Client(live_server.url, timeout=30) as c:
         yield c
-
-
-def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 30) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} not finished after {timeout}s: {job}")

@@ -7,8 +7,6 @@ import subprocess
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import _free_port as free_port  # noqa: F401
-
 
 def scrape(url: str, token: str | None = None) -> str:
     headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -35,8 +35,7 @@ from stockflow.stock.models import (
     StockMove,
     StockOnHand,
 )
-from tests.api_helpers import on_hand, pay_and_wait, product, receive, refund, sale
-from tests.conftest import wait_for_job
+from tests.api_helpers import on_hand, pay_and_wait, product, receive, refund, sale, wait_for_job
 
 STAFF_PASSWORD = "console-test-pass-1"
 _seq = itertools.count(1)

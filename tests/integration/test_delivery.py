@@ -15,8 +15,7 @@ from django.utils import timezone
 
 from stockflow.stock.models import Job, StockMove, StockOnHand
 from stockflow.stock.services import outbox as job_services
-from tests.api_helpers import ok, on_hand, pay, pay_and_wait, product, receive, sale
-from tests.conftest import wait_for_job
+from tests.api_helpers import ok, on_hand, pay, pay_and_wait, product, receive, sale, wait_for_job
 from workers import publish as dispatch
 
 RUN_JOB_SUCCEEDED = re.compile(r"stockflow\.run_job\[[^\]]+\] succeeded")

@@ -9,8 +9,7 @@ import pytest
 from django.utils import timezone
 
 from stockflow.stock.models import Job, Location, Refund, Sale, SaleLine, StockMove, StockOnHand
-from tests.api_helpers import ok, on_hand, pay, pay_and_wait, product, receive, sale
-from tests.conftest import wait_for_job
+from tests.api_helpers import ok, on_hand, pay, pay_and_wait, product, receive, sale, wait_for_job
 
 
 @pytest.fixture

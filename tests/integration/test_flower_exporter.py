@@ -2,13 +2,9 @@
 bin/flower and bin/celery-exporter started exactly as the Procfile starts them, pointed at
 the test broker; paid sales through the API; then both must list that run's tasks."""
 
-import os
 import re
 import secrets
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,65 +12,12 @@ import httpx
 import pytest
 from django.conf import settings
 
+from harness.processes import BIN, free_port
 from tests.api_helpers import pay_and_wait, product, receive, sale
+from tests.conftest import ScriptProcess, script_env
 
-ROOT = Path(__file__).resolve().parents[2]
 RUN_JOB = "stockflow.run_job"
 SALES = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def script_env(**extra) -> dict:
-    env = dict(os.environ)
-    env.update(
-        # The test broker (a Redis db of its own): bin/flower gets it from tests.settings,
-        # bin/celery-exporter from CELERY_BROKER_URL.
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
-        PYTHONPATH=str(ROOT),
-        # `celery` of the project venv, as `make run` puts it first on PATH.
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    )
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-class ScriptProcess:
-    """One of the bin/ scripts, run as a subprocess in its own session."""
-
-    def __init__(self, tmp_path: Path, name: str, argv: list[str], env: dict):
-        self.log_path = tmp_path / f"{name}.log"
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=self.log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def check_alive(self):
-        if self.proc.poll() is not None:
-            raise AssertionError(
-                f"{self.proc.args[0]} exited with {self.proc.returncode}:\n{self.log()}"
-            )
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 def poll(what: str, fetch, done, proc: ScriptProcess, timeout: float = 40):
@@ -105,36 +48,6 @@ def samples(text: str, metric: str, /, **labels) -> list[float]:
     return out
 
 
-@pytest.fixture(scope="session")
-def exporter_venv():
-    """Build .venv-exporter the way every start does: by running bin/celery-exporter
-    (`--install` stops once the venv is in place). A cold build takes ~15-60 s."""
-    script = str(ROOT / "bin" / "celery-exporter")
-    out = subprocess.run(
-        [script, "--install"],
-        check=False,
-        cwd=ROOT,
-        env=script_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
-    # The venv runs the real exporter: its CLI lists the metrics the test reads.
-    out = subprocess.run(
-        [script, "--help"],
-        check=False,
-        cwd=ROOT,
-        env=script_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
-    assert "celery_task_succeeded_total" in out.stdout, out.stdout
-    return ROOT / ".venv-exporter"
-
-
 @pytest.fixture
 def flower(tmp_path, worker):
     port = free_port()
@@ -142,7 +55,7 @@ def flower(tmp_path, worker):
     proc = ScriptProcess(
         tmp_path,
         "flower",
-        [str(ROOT / "bin" / "flower")],
+        [str(BIN / "flower")],
         script_env(FLOWER_PORT=port, FLOWER_ADDRESS="127.0.0.1", FLOWER_BASIC_AUTH=":".join(auth)),
     )
     proc.url, proc.auth = f"http://127.0.0.1:{port}", auth
@@ -156,7 +69,7 @@ def exporter(tmp_path, worker, exporter_venv):
     proc = ScriptProcess(
         tmp_path,
         "celery-exporter",
-        [str(ROOT / "bin" / "celery-exporter")],
+        [str(BIN / "celery-exporter")],
         script_env(EXPORTER_PORT=port, EXPORTER_ADDRESS="127.0.0.1"),
     )
     proc.url = f"http://127.0.0.1:{port}"

@@ -4,7 +4,8 @@ import time
 
 import httpx
 
-from tests.conftest import WebProcess, _free_port
+from harness.processes import free_port as _free_port
+from tests.conftest import WebProcess
 
 
 def ready(web: WebProcess, want: int, timeout: float = 20) -> dict:

@@ -8,12 +8,13 @@ import httpx
 import pytest
 import redis
 
+from harness.processes import free_port
 from stockflow.accounts import scopes
 from stockflow.accounts.models import ApiToken
 from stockflow.leads.models import Lead
 from stockflow.platform import redis_client
 from tests.conftest import WebProcess
-from tests.metrics_helpers import free_port, samples, scrape, value
+from tests.metrics_helpers import samples, scrape, value
 
 LEAD = {
     "name": "Ada Lovelace",

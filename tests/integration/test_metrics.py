@@ -12,19 +12,18 @@ import psycopg
 import pytest
 from django.db import connection
 
-from tests.api_helpers import ok, pay, pay_and_wait, product, receive, refund, sale
-from tests.conftest import wait_for_job
-from tests.integration.test_flower_exporter import ScriptProcess, exporter_venv, script_env  # noqa: F401 (a fixture)
-from tests.integration.test_monitoring import (
+from harness.processes import free_port
+from monitoring.snapshot import (
     SNAPSHOT,
     STOCKFLOW_TARGETS,
     exposition_names,
     names_of,
     read_snapshot,
 )
+from tests.api_helpers import ok, pay, pay_and_wait, product, receive, refund, sale, wait_for_job
+from tests.conftest import ScriptProcess, script_env
 from tests.metrics_helpers import (
     cardinality_problems,
-    free_port,
     promtool_check,
     samples,
     scrape,

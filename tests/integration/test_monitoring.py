@@ -6,13 +6,27 @@ The tools come from Debian packages: monitoring/install-tools.sh. They are requi
 never skipped. No database needed.
 """
 
-import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from monitoring.kit import (
+    DASHBOARDS,
+    PROM,
+    PROMETHEUS_BUILTINS,
+    RULE_FILES,
+    dashboard_exprs,
+    dashboards,
+    load_yaml,
+    panels,
+    promql_metric_names,
+    recording_names,
+    rules,
+)
+from monitoring.snapshot import SNAPSHOT, SNAPSHOT_TARGETS, names_of, read_snapshot
 
 try:
     import yaml
@@ -24,12 +38,9 @@ except ImportError:  # pragma: no cover
 
 ROOT = Path(__file__).resolve().parents[2]
 MON = ROOT / "monitoring"
-PROM = MON / "prometheus"
-RULE_FILES = sorted((PROM / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROM / "tests").glob("*_test.yml"))
 AM_CONFIG = MON / "alertmanager" / "alertmanager.yml"
 RUNBOOKS = MON / "runbooks"
-DASHBOARDS = sorted((MON / "grafana" / "dashboards").glob("*.json"))
 
 SEED_ALERTS = {
     "APIHigh5xxRate",
@@ -72,59 +83,6 @@ RECEIVERS = {"critical": "pagerduty,slack", "warning": "slack"}
 
 # --- the metric names that exist: a scrape after a scripted run ----------------------------
 
-# Written by `monitoring/integration.py --write-snapshot` from real scrapes of web, worker and
-# celery-exporter after its scripted load (failures included). tests/integration/test_metrics.py checks it
-# against live expositions: a name the code no longer exposes (renamed, dropped, invented)
-# fails there until the snapshot is regenerated.
-SNAPSHOT = MON / "scraped-metric-names.txt"
-SNAPSHOT_TARGETS = ("web", "worker", "celery-exporter")
-STOCKFLOW_TARGETS = ("web", "worker")
-_FAMILY_SAMPLES = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("", "_sum", "_count")}
-
-
-def exposition_names(text: str) -> tuple[dict[str, str], set[str]]:
-    """({family: type} from the `# TYPE` lines, {sample name}) of a text exposition. A counter's
-    family is named with its `_total` there, as its samples are."""
-    types, samples = {}, set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            parts = line.split()
-            if len(parts) >= 4:
-                types[parts[2]] = parts[3]
-        elif line.strip() and not line.startswith("#"):
-            m = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line)
-            if m:
-                samples.add(m.group(0))
-    return types, samples
-
-
-def names_of(types: dict[str, str], samples: set[str]) -> set[str]:
-    """Every series name a scrape can yield: the samples, and each declared family's sample
-    names (a histogram's _bucket/_sum/_count), samples or not (never *_created: dropped)."""
-    names = set(samples)
-    for name, kind in types.items():
-        names |= {name + suffix for suffix in _FAMILY_SAMPLES.get(kind, ("",))}
-    return names
-
-
-def read_snapshot(path: Path = SNAPSHOT) -> dict[str, tuple[dict[str, str], set[str]]]:
-    """{target: ({family: type}, {sample name})}"""
-    out: dict[str, tuple[dict[str, str], set[str]]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        target, source, name, *kind = line.split()
-        types, samples = out.setdefault(target, ({}, set()))
-        if source == "type" and len(kind) == 1:
-            types[name] = kind[0]
-        elif source == "sample" and not kind:
-            samples.add(name)
-        else:
-            raise ValueError(
-                f"{path.name}:{n}: not '<target> type <name> <kind>' or '<target> sample <name>'"
-            )
-    return out
-
 
 def exposed_metric_names(targets=SNAPSHOT_TARGETS) -> set[str]:
     """Every series name web, worker and celery-exporter expose, per the snapshot."""
@@ -135,18 +93,6 @@ def exposed_metric_names(targets=SNAPSHOT_TARGETS) -> set[str]:
 # Declared by celery-exporter but never set with a Redis broker (it is filled for amqp/memory
 # transports only): a `# TYPE` line without samples. No rule or panel may use these.
 NEVER_FILLED = {"celery_active_consumer_count"}
-
-# Series Prometheus makes itself (per target, or for alerts).
-PROMETHEUS_BUILTINS = {
-    "up",
-    "scrape_duration_seconds",
-    "scrape_samples_scraped",
-    "scrape_samples_post_metric_relabeling",
-    "scrape_series_added",
-    "ALERTS",
-    "ALERTS_FOR_STATE",
-}
-
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -169,14 +115,6 @@ def run(cmd: list[str], cwd: Path = ROOT) -> str:
     return output
 
 
-def load_yaml(path: Path):
-    return yaml.safe_load(path.read_text())
-
-
-def rules() -> list[tuple[Path, dict]]:
-    return [(f, r) for f in RULE_FILES for g in load_yaml(f)["groups"] for r in g["rules"]]
-
-
 def alerts() -> dict[str, dict]:
     found = {}
     for f, r in rules():
@@ -184,68 +122,6 @@ def alerts() -> dict[str, dict]:
             assert r["alert"] not in found, f"alert {r['alert']} defined twice"
             found[r["alert"]] = r
     return found
-
-
-def recording_names() -> set[str]:
-    return {r["record"] for _, r in rules() if "record" in r}
-
-
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
-_NOT_METRICS = {
-    "and",
-    "or",
-    "unless",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "bool",
-    "offset",
-    "inf",
-    "nan",
-}
-
-
-def promql_metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression selects (syntax is left to promtool)."""
-    names = set(re.findall(r'__name__\s*=\s*"([^"]+)"', expr))
-    s = _STRING.sub('""', expr)
-    s = re.sub(r"\{[^}]*\}", " ", s)  # label matchers
-    s = re.sub(r"\[[^\]]*\]", " ", s)  # ranges and subqueries
-    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
-    s = re.sub(r"\boffset\s+-?\w+", " ", s)
-    for m in re.finditer(r"(?<![\w$.:])([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\()?", s):
-        if not m.group(2) and m.group(1).lower() not in _NOT_METRICS:
-            names.add(m.group(1))
-    return names
-
-
-def dashboards() -> dict[str, dict]:
-    return {p.name: json.loads(p.read_text()) for p in DASHBOARDS}
-
-
-def panels(dashboard: dict):
-    for p in dashboard["panels"]:
-        yield p
-        yield from p.get("panels", [])  # collapsed rows keep their panels inside
-
-
-def dashboard_exprs() -> list[tuple[str, str, str]]:
-    """(dashboard file, panel title, expr) for every panel target and query variable."""
-    out = []
-    for name, d in dashboards().items():
-        for p in panels(d):
-            for t in p.get("targets", []):
-                out.append((name, p["title"], t.get("expr", "")))
-        for v in d.get("templating", {}).get("list", []):
-            query = v.get("query")
-            query = query.get("query", "") if isinstance(query, dict) else (query or "")
-            if v.get("type") == "query":
-                m = re.match(r"\s*label_values\((.*),\s*\w+\s*\)\s*$", query)
-                out.append((name, f"variable {v.get('name')}", m.group(1) if m else query))
-    return out
 
 
 def grafana_to_promql(expr: str) -> str:

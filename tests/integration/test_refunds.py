@@ -6,8 +6,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from stockflow.stock.models import Job, Refund, RefundLine, Sale, StockMove, StockOnHand
-from tests.api_helpers import ok, on_hand, pay_and_wait, product, receive, refund, sale
-from tests.conftest import wait_for_job
+from tests.api_helpers import (
+    ok,
+    on_hand,
+    pay_and_wait,
+    product,
+    receive,
+    refund,
+    sale,
+    wait_for_job,
+)
 
 
 @pytest.fixture

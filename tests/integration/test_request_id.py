@@ -2,8 +2,7 @@
 
 import json
 
-from tests.api_helpers import ok, product, receive, sale
-from tests.conftest import wait_for_job
+from tests.api_helpers import ok, product, receive, sale, wait_for_job
 
 
 def json_lines(text: str) -> list[dict]:

@@ -24,8 +24,7 @@ from django.db import connection
 from sentry_sdk.integrations.django import DjangoIntegration
 
 from stockflow.observability import sentry as app_sentry
-from tests.api_helpers import ok, pay, product, receive, refund, sale
-from tests.conftest import wait_for_job
+from tests.api_helpers import ok, pay, product, receive, refund, sale, wait_for_job
 from tests.sentry_server import SentryServer
 
 TASK = "stockflow.run_job"

@@ -11,9 +11,10 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from harness.processes import free_port as _free_port
 from stockflow.accounts.models import ApiToken
-from tests.api_helpers import ok, product, receive, sale
-from tests.conftest import WebProcess, _free_port, wait_for_job
+from tests.api_helpers import ok, product, receive, sale, wait_for_job
+from tests.conftest import WebProcess
 
 
 class OtlpReceiver:

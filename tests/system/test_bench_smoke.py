@@ -1,4 +1,5 @@
-"""`python -m bench --quick` runs end to end and prints a valid JSON summary.
+"""`python -m bench --quick` runs end to end and prints a valid JSON summary; the load
+generator and the demo commands run against a stack.
 
 A smoke test, not a timed one: the sizes are tiny and nothing here asserts speed. The
 bench starts its own embedded PostgreSQL/Redis in a temp dir and its own web/worker
@@ -9,6 +10,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from harness.processes import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,3 +97,35 @@ def test_bench_cpu_measures_both_paths_in_both_modes():
         assert res[path]["off"]["n"] == res[path]["on"]["n"] == 5
         assert res[path]["off"]["cpu_ms"] > 0 and res[path]["on"]["cpu_ms"] > 0
         assert res[path]["on_over_off"] > 0
+
+
+def test_loadgen_and_demo_commands_against_a_running_stack():
+    """`python -m harness.loadgen` and `python -m harness.demo` drive a running stockflow over
+    HTTP only: here web and a worker from harness.processes on embedded servers of their own."""
+    stack = Stack(web_concurrency=1, prefix="sfsmoke.")  # short /tmp path: the PG socket
+    try:
+        stack.start_services()
+        stack.migrate()
+        web = stack.start_web()
+        stack.start_worker()
+        loadgen = subprocess.run(
+            [sys.executable, "-m", "harness.loadgen", "--url", web.url,
+             "--token", stack.api_token("loadgen"), "--rate", "0", "--count", "6", "--skus", "3",
+             "--wait-jobs"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert loadgen.returncode == 0, loadgen.stderr[-4000:]
+        res = json.loads(loadgen.stdout)
+        assert res["transitions"]["statuses"] == {"202": 6}
+        assert res["jobs"]["outcomes"] == {"succeeded": 6}
+
+        # The demo makes its token with manage.py: on the stack's servers, as `make demo` would.
+        demo = subprocess.run(
+            [sys.executable, "-m", "harness.demo", "--url", web.url],
+            cwd=ROOT, env=stack.base_env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-4000:]
+        assert "sale.paid: succeeded" in demo.stdout
+        assert "sale.paid: failed (insufficient_stock)" in demo.stdout
+    finally:
+        stack.close()

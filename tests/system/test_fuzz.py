@@ -60,7 +60,7 @@ from schemathesis.errors import FailureGroup  # noqa: E402
 from schemathesis.generation.stateful import run_state_machine_as_test  # noqa: E402
 
 from tests import api_helpers as h  # noqa: E402
-from tests.conftest import wait_for_job  # noqa: E402
+from tests.api_helpers import wait_for_job  # noqa: E402
 
 SEED = int(os.environ.get("STOCKFLOW_FUZZ_SEED", "20260505"))
 MAX_EXAMPLES = int(os.environ.get("STOCKFLOW_FUZZ_MAX_EXAMPLES", "30"))
