@@ -68,7 +68,7 @@ def create_sales(
                 quantity=quantity,
                 unit_price=Decimal("9.99"),
             )
-            for s, skus in zip(sales, lines_per_sale)
+            for s, skus in zip(sales, lines_per_sale, strict=True)
             for sku in skus
         ],
         batch_size=5000,
@@ -127,7 +127,7 @@ def pg_stat_database() -> dict:
                             tup_deleted, deadlocks, sessions
                      FROM pg_stat_database WHERE datname = current_database()""")
         cols = [d.name for d in c.description]
-        return dict(zip(cols, c.fetchone()))
+        return dict(zip(cols, c.fetchone(), strict=True))
 
 
 def available_extensions(names: tuple[str, ...] = ("pg_stat_statements",)) -> dict[str, bool]:

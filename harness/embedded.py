@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_services(args.state_dir)
     elif args.command == "status":
         status = service_status(args.state_dir)
-        for key, name in zip(KEYS, ("postgresql", "redis")):
+        for key, name in zip(KEYS, ("postgresql", "redis"), strict=True):
             line = f"{name}: up {status[key]}" if status[key] else f"{name}: down"
             note = f" ({key} is set: embedded one not used)" if os.environ.get(key) else ""
             print(line + note)

@@ -60,18 +60,18 @@ def init(dsn: str | None = None, *, django: bool = True, **overrides) -> bool:
     if rate is None and os.environ.get("SENTRY_TRACES_SAMPLE_RATE"):
         rate = float(os.environ["SENTRY_TRACES_SAMPLE_RATE"])
     tracing = rate is not None
-    options = dict(
-        dsn=dsn,
-        environment=os.environ.get("SENTRY_ENVIRONMENT", "production"),
-        release=os.environ.get("SENTRY_RELEASE"),
-        send_default_pii=False,
+    options = {
+        "dsn": dsn,
+        "environment": os.environ.get("SENTRY_ENVIRONMENT", "production"),
+        "release": os.environ.get("SENTRY_RELEASE"),
+        "send_default_pii": False,
         # Unset, not 0: any rate (0 included) turns tracing on, and then every request and
         # task builds a transaction and spans even when none is sent.
-        traces_sample_rate=rate,
+        "traces_sample_rate": rate,
         # Only what stockflow asks for: no auto-enabled Redis/httpx/... integrations
         # wrapping every broker command in a span nobody sends.
-        auto_enabling_integrations=False,
-        integrations=[
+        "auto_enabling_integrations": False,
+        "integrations": [
             *(
                 [DjangoIntegration(middleware_spans=True, signals_spans=True, cache_spans=False)]
                 if django and tracing
@@ -89,10 +89,10 @@ def init(dsn: str | None = None, *, django: bool = True, **overrides) -> bool:
         # a failure is one event, not one per log line about it. That is the root logger's
         # WARNING-level BreadcrumbHandler (observability/logging.py); the integration would
         # look at every INFO line too (several per request and per job).
-        disabled_integrations=[LoggingIntegration()],
-        before_send=_scrub_event,
-        before_send_transaction=_scrub_event,
-    )
+        "disabled_integrations": [LoggingIntegration()],
+        "before_send": _scrub_event,
+        "before_send_transaction": _scrub_event,
+    }
     options.update(overrides)
     sentry_sdk.init(**options)
     if django:

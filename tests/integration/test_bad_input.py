@@ -589,9 +589,9 @@ def test_a_request_id_with_a_line_break_is_replaced(live_server, token, shop):
     head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1")
     assert not head.startswith("HTTP/1.0 5") and not head.startswith("HTTP/1.1 5"), head
     rid = [
-        l.split(":", 1)[1].strip()
-        for l in head.split("\r\n")
-        if l.lower().startswith("x-request-id:")
+        line.split(":", 1)[1].strip()
+        for line in head.split("\r\n")
+        if line.lower().startswith("x-request-id:")
     ]
     assert len(rid) == 1, head
     uuid.UUID(rid[0])

@@ -193,7 +193,7 @@ def test_cancel_while_payment_is_queued_never_leaves_a_cancelled_sale_with_stock
     worker_factory()
     jobs = wait_all(job_ids)
 
-    for s, job_id, cancel in zip(sales, job_ids, cancels):
+    for s, job_id, cancel in zip(sales, job_ids, cancels, strict=True):
         sale_row = Sale.objects.get(pk=s["id"])
         moves = StockMove.objects.filter(sale_line__sale_id=s["id"]).count()
         job = jobs[job_id]

@@ -36,23 +36,12 @@ from stockflow.stock.models import (
     StockOnHand,
 )
 from tests.api_helpers import on_hand, pay_and_wait, product, receive, refund, sale, wait_for_job
+from tests.staff import STAFF_PASSWORD, make_staff
 
-STAFF_PASSWORD = "console-test-pass-1"
 _seq = itertools.count(1)
 
 
-# --- builders (also used by the browser test) -------------------------------------
-
-
-def make_staff(username="ops", superuser=True):
-    User = get_user_model()
-    if superuser:
-        return User.objects.create_superuser(
-            username, f"{username}@example.invalid", STAFF_PASSWORD
-        )
-    return User.objects.create_user(
-        username, f"{username}@example.invalid", STAFF_PASSWORD, is_staff=True
-    )
+# --- builders -------------------------------------------------------------------------
 
 
 def staff_client(user=None) -> Client:

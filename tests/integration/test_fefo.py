@@ -216,7 +216,7 @@ def test_multi_line_sale_is_all_or_nothing(client, worker):
     receive(client, "OK1", "A", 10, 30)
     receive(client, "SHORT2", "B", 1, 30)
     s = sale(client, "S-MULTI", [("OK1", 5), ("SHORT2", 3)])
-    line1, line2 = (l["id"] for l in s["lines"])
+    line1, line2 = (line["id"] for line in s["lines"])
     before = world()
 
     # Only the short line is listed; the coverable first line wrote nothing either.
@@ -243,7 +243,7 @@ def test_every_short_line_is_listed(client, worker):
     product(client, "X2")
     receive(client, "X1", "A", 1, 30)
     s = sale(client, "S-BOTH", [("X1", 4), ("X2", 2)])
-    line1, line2 = (l["id"] for l in s["lines"])
+    line1, line2 = (line["id"] for line in s["lines"])
     assert_failed_and_nothing_written(
         client,
         s["id"],
@@ -261,7 +261,7 @@ def test_two_lines_of_one_sku_draw_from_one_running_balance(client, worker):
     receive(client, "DUP", "EARLY", 3, 10)
     receive(client, "DUP", "LATE", 5, 20)
     s = sale(client, "S-DUP", [("DUP", 2), ("DUP", 4)])
-    line1, line2 = (l["id"] for l in s["lines"])
+    line1, line2 = (line["id"] for line in s["lines"])
 
     job = pay_and_wait(client, s["id"])
     assert job["status"] == "succeeded", job

@@ -117,7 +117,7 @@ def run(cmd: list[str], cwd: Path = ROOT) -> str:
 
 def alerts() -> dict[str, dict]:
     found = {}
-    for f, r in rules():
+    for _f, r in rules():
         if "alert" in r:
             assert r["alert"] not in found, f"alert {r['alert']} defined twice"
             found[r["alert"]] = r
@@ -343,12 +343,15 @@ def test_slo_objectives_and_burn_rate_windows():
         fast, slow = defined[f"{prefix}SLOFastBurn"], defined[f"{prefix}SLOSlowBurn"]
         assert fast["labels"] == {"severity": "critical", "service": "stockflow", "slo": slo}
         assert slow["labels"] == {"severity": "warning", "service": "stockflow", "slo": slo}
-        burns = lambda rule: set(
-            re.findall(
-                rf'ratio_rate(\w+)\{{slo="{slo}"\}} / on\(slo\) \(1 - slo:objective:ratio\) > ([\d.]+)',
-                rule["expr"],
+
+        def burns(rule, slo=slo):
+            return set(
+                re.findall(
+                    rf'ratio_rate(\w+)\{{slo="{slo}"\}} / on\(slo\) \(1 - slo:objective:ratio\) > ([\d.]+)',
+                    rule["expr"],
+                )
             )
-        )
+
         assert burns(fast) == {("1h", "14.4"), ("5m", "14.4")}, fast["expr"]
         assert burns(slow) == {("6h", "6"), ("30m", "6"), ("1d", "3"), ("2h", "3")}, slow["expr"]
 

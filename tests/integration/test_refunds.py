@@ -85,7 +85,7 @@ def paid_sale(client, worker):
     s = sale(client, "S-R", [("RA", 6), ("RB", 2)])
     job = pay_and_wait(client, s["id"])
     assert job["status"] == "succeeded", job
-    line_a, line_b = (l["id"] for l in s["lines"])
+    line_a, line_b = (line["id"] for line in s["lines"])
     assert moves_of(s["id"], "SALE_OUT") == Counter(
         {(line_a, "EARLY"): 2, (line_a, "MID"): 3, (line_a, "LATE"): 1, (line_b, "B1"): 2}
     )
@@ -104,7 +104,10 @@ def test_full_refund_restores_the_exact_batches_of_the_sale(client, paid_sale):
     assert on_hand(client, "RB") == {"B1": 5}
     body = ok(client.get(f"/api/sales/{sid}"), 200)
     assert body["status"] == "refunded"
-    assert {l["id"]: l["refunded"] for l in body["lines"]} == {paid_sale["a"]: 6, paid_sale["b"]: 2}
+    assert {line["id"]: line["refunded"] for line in body["lines"]} == {
+        paid_sale["a"]: 6,
+        paid_sale["b"]: 2,
+    }
     refund_row = Refund.objects.get(sale_id=sid)
     assert refund_row.kind == "full"
     assert dict(refund_row.lines.values_list("sale_line_id", "quantity")) == {

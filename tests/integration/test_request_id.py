@@ -1,5 +1,6 @@
 """One request id from the caller's header to the web log, the job, and the worker's log lines."""
 
+import contextlib
 import json
 
 from tests.api_helpers import ok, product, receive, sale, wait_for_job
@@ -8,10 +9,8 @@ from tests.api_helpers import ok, product, receive, sale, wait_for_job
 def json_lines(text: str) -> list[dict]:
     out = []
     for line in text.splitlines():
-        try:
+        with contextlib.suppress(ValueError):
             out.append(json.loads(line))
-        except ValueError:
-            pass
     return out
 
 
@@ -36,26 +35,26 @@ def test_request_id_travels_from_header_through_task_headers_to_worker_logs(clie
     web_lines = [
         r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("request_id") == rid
     ]
-    assert any(l["event"] == "sale.transition" and l["result"] == "accepted" for l in web_lines), (
-        web_lines
-    )
-    assert any(l["event"] == "request_finished" for l in web_lines)
+    assert any(
+        line["event"] == "sale.transition" and line["result"] == "accepted" for line in web_lines
+    ), web_lines
+    assert any(line["event"] == "request_finished" for line in web_lines)
 
-    worker_lines = [l for l in json_lines(worker.log()) if l.get("request_id") == rid]
-    events = {l["event"] for l in worker_lines}
+    worker_lines = [line for line in json_lines(worker.log()) if line.get("request_id") == rid]
+    events = {line["event"] for line in worker_lines}
     assert {
         "task_started",
         "sale.paid.stock_consumed",
         "consistency_checkpoint",
         "task_succeeded",
     } <= events, events
-    consumed = next(l for l in worker_lines if l["event"] == "sale.paid.stock_consumed")
+    consumed = next(line for line in worker_lines if line["event"] == "sale.paid.stock_consumed")
     assert (
         consumed["job_id"] == job["id"]
         and consumed["stock_moves_count"] == 1
         and consumed["total_quantity"] == 2
     )
-    assert all(l.get("task_id") for l in worker_lines)
+    assert all(line.get("task_id") for line in worker_lines)
 
 
 def test_a_job_resent_by_the_reconciler_keeps_its_original_request_id(
@@ -84,6 +83,6 @@ def test_a_job_resent_by_the_reconciler_keeps_its_original_request_id(
 
     assert jobs.reconcile() == 1  # what beat does every few seconds
     assert wait_for_job(client, job["id"])["status"] == "succeeded"
-    lines = [l for l in json_lines(worker.log()) if l.get("job_id") == job["id"]]
-    assert lines and all(l["request_id"] == rid for l in lines)
-    assert any(l["event"] == "sale.paid.stock_consumed" for l in lines)
+    lines = [line for line in json_lines(worker.log()) if line.get("job_id") == job["id"]]
+    assert lines and all(line["request_id"] == rid for line in lines)
+    assert any(line["event"] == "sale.paid.stock_consumed" for line in lines)

@@ -162,9 +162,12 @@ def test_audit_trail_and_ledger_are_append_only(client, paid_sale):
         "UPDATE inventory_stockmove SET quantity = 0",
         "DELETE FROM inventory_stockmove",
     ):
-        with pytest.raises(Exception, match="append-only"):
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(sql)
+        with (
+            pytest.raises(Exception, match="append-only"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(sql)
 
 
 def test_production_settings_pass_check_deploy():

@@ -117,8 +117,8 @@ def test_web_task_and_sql_share_one_trace_and_logs_carry_it(tmp_path, client, wo
             >= 3
         )
 
-        lines = [json.loads(l) for l in worker.log().splitlines() if l.startswith("{")]
-        consumed = [l for l in lines if l.get("event") == "sale.paid.stock_consumed"]
+        lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+        consumed = [line for line in lines if line.get("event") == "sale.paid.stock_consumed"]
         assert consumed and consumed[0]["trace_id"] == trace_id
     finally:
         web.stop()

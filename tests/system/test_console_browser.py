@@ -22,7 +22,7 @@ from stockflow.stock import invariants
 from stockflow.stock.models import Job, StockMove, StockOnHand
 from tests.api_helpers import pay_and_wait, product, receive, refund, sale, wait_for_job
 from tests.conftest import ROOT
-from tests.integration.test_console import STAFF_PASSWORD, make_staff
+from tests.staff import STAFF_PASSWORD, make_staff
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 LAUNCH_ARGS = [

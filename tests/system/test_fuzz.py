@@ -41,6 +41,7 @@ every schemathesis check, e.g. positive_data_acceptance; not the gate).
 """
 
 import collections
+import contextlib
 import json
 import os
 import secrets
@@ -304,10 +305,8 @@ class Tally:
         self.calls[label] += 1
         outcome = str(response.status_code)
         if response.status_code >= 400:
-            try:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
                 outcome += " " + response.json()["error"]["code"]
-            except (ValueError, KeyError, TypeError):
-                pass
         self.statuses[label][outcome] += 1
 
     def summary(self) -> dict:

@@ -132,3 +132,14 @@ def test_the_domain_imports_no_transport():
         if not target.startswith("stockflow")
     }
     assert outward == set()
+
+
+def test_no_module_imports_a_test_module():
+    """Shared helpers live in harness/, monitoring/ or tests/*.py helpers, never in a test."""
+    imports_of_tests = {
+        (source, target)
+        for source, targets in import_graph().items()
+        for target in targets
+        if target.rpartition(".")[2].startswith("test_")
+    }
+    assert imports_of_tests == set()
