@@ -42,6 +42,55 @@ def seed_stock(location: str, skus: list[str], per_batch: int) -> None:
             )
 
 
+def seed_flash(location: str, sku: str, sellable: int, expired: int) -> list[int]:
+    """One SKU, 5 batches: 4 sellable ones holding `sellable` units in uneven parts (so some
+    sales straddle two batches and FEFO has to split them) and one batch that expired a month
+    ago holding `expired` units. Returns the batch sizes, earliest expiry first."""
+    Location.objects.get_or_create(code=location)
+    Product.objects.get_or_create(sku=sku, defaults={"name": f"bench {sku}"})
+    q = sellable // 4
+    sizes = [q - 1, q + 1, q, sellable - 3 * q]
+    today = datetime.date.today()
+    inventory.receive_stock(
+        sku, location, "LOT-EXPIRED", today - datetime.timedelta(days=30), expired,
+        request_id="bench-seed",
+    )  # fmt: skip
+    for b, n in enumerate(sizes, 1):
+        inventory.receive_stock(
+            sku, location, f"LOT-{b}", today + datetime.timedelta(days=30 * b), n,
+            request_id="bench-seed",
+        )  # fmt: skip
+    return sizes
+
+
+def flash_outcome(sku: str, sale_ids: list[int], first_n: int) -> dict:
+    """Per batch of the SKU: received, sold, on hand; and how many of the first `first_n`
+    jobs by acceptance (created_at) succeeded (first come, first served)."""
+    with connection.cursor() as c:
+        c.execute(
+            """SELECT b.lot, b.expires_on, oh.quantity,
+                      COALESCE(SUM(m.quantity) FILTER (WHERE m.kind = 'RECEIPT'), 0),
+                      COALESCE(-SUM(m.quantity) FILTER (WHERE m.kind = 'SALE_OUT'), 0)
+               FROM inventory_batch b JOIN inventory_product p ON p.id = b.product_id
+               JOIN inventory_stockonhand oh ON oh.batch_id = b.id
+               LEFT JOIN inventory_stockmove m ON m.batch_id = b.id
+               WHERE p.sku = %s GROUP BY b.id, oh.quantity ORDER BY b.expires_on""",
+            [sku],
+        )
+        batches = [
+            {"lot": lot, "expires_on": str(exp), "on_hand": oh, "received": rec, "sold": sold}
+            for lot, exp, oh, rec, sold in c.fetchall()
+        ]
+    first = list(
+        paid_jobs(sale_ids).order_by("created_at", "id").values_list("status", flat=True)[:first_n]
+    )
+    return {
+        "batches": batches,
+        "first_accepted": len(first),
+        "first_accepted_succeeded": sum(1 for s in first if s == Job.Status.SUCCEEDED),
+    }
+
+
 def spread_lines(n: int, skus: list[str], lines: int, rng: random.Random) -> list[list[str]]:
     return [rng.sample(skus, lines) for _ in range(n)]
 
@@ -175,6 +224,7 @@ def classify(sql: str) -> str:
             "UPDATE",
             "DELETE",
             "SET",
+            "WITH",  # the one-statement accept and batch writes are CTEs
         }
         else "other"
     )

@@ -1,11 +1,12 @@
 """The bench's stack: harness.processes.Stack on embedded PostgreSQL and Redis in a private
 temporary state dir, plus what the bench measures on it: CPU seconds and peak memory of
-each process tree. The worker also imports bench.noop (the floor's no-op task)."""
+each process tree, and the floor's worker (bench.floor_app: bare Celery, no stockflow code)."""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 
 import psutil
 
@@ -119,10 +120,32 @@ class Stack(processes.Stack):
 
     def start_worker(self, name: str = "worker", env: dict | None = None, **kwargs) -> Proc:
         env = dict({"PGAPPNAME": f"stockflow-{name}"}, **(env or {}))
-        kwargs.setdefault("args", ("-I", "bench.noop"))
         kwargs.setdefault("metrics", True)
         kwargs.setdefault("nice", self.worker_nice)
         proc = super().start_worker(name, env, **kwargs)
+        self.memory.track(name, proc)
+        return proc
+
+    def start_floor(self, name: str = "floor-worker", timeout: float = 120) -> Proc:
+        """The floor's worker: bench.floor_app with bin/worker's pool flags (prefork, the
+        same concurrency, no mingle/gossip). WARNING level: Celery's own per-task INFO lines
+        are off in stockflow too, and the floor is the queue's cost, not logging's. Ready
+        once it answers a broadcast ping (no "ready." line at WARNING)."""
+        from bench.floor_app import app
+
+        argv = [
+            str(processes.Path(PY).parent / "celery"), "-A", "bench.floor_app", "worker",
+            "--pool", "prefork", "--concurrency", str(self.worker_concurrency),
+            "--hostname", f"{name}@%h", "--loglevel", "WARNING",
+            "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        proc = self.start(name, argv, {"CELERY_BROKER_URL": self.urls["REDIS_URL"]})
+        proc.hostname = f"{name}@{os.uname().nodename}"
+        deadline = time.monotonic() + timeout
+        while not app.control.ping(destination=[proc.hostname], timeout=0.5):
+            proc._check_running()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready after {timeout}s:\n{proc.tail()}")
         self.memory.track(name, proc)
         return proc
 

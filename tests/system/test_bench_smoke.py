@@ -1,5 +1,6 @@
-"""`python -m bench --quick` runs end to end and prints a valid JSON summary; the load
-generator and the demo commands run against a stack.
+"""`python -m bench --quick` runs end to end and prints a valid JSON summary; the floor app
+carries stockflow's Celery settings and no stockflow code; the load generator and the demo
+commands run against a stack.
 
 A smoke test, not a timed one: the sizes are tiny and nothing here asserts speed. The
 bench starts its own embedded PostgreSQL/Redis in a temp dir and its own web/worker
@@ -7,6 +8,7 @@ processes, so this test touches neither the suite's servers nor its database.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +32,20 @@ def test_bench_quick_prints_json_summary(tmp_path):
 
     floor = res["floor"]
     assert floor["completed"] == floor["tasks"] > 0 and floor["tasks_per_s"] > 0
+    assert floor["task"] == "floor.noop"  # the bare app's task, not one on stockflow's app
+    assert floor["settings"]["task_acks_late"] is True
+    assert floor["settings"]["worker_prefetch_multiplier"] == 1
+    cpu = floor["cpu_ms_per_task"]
+    assert cpu["floor-worker"] > 0 and cpu["publisher"] > 0 and cpu["stack"] > 0
 
     e2e = res["e2e"]
     assert e2e["jobs_per_s"] > 0 and e2e["ratio_to_floor"] > 0
+    assert e2e["cpu_ratio_floor_over_e2e"] > 0
     run = e2e["runs"][0]
     assert run["finished"] == run["jobs"] == run["outcomes"].get("succeeded")
     assert run["cpu_ms_per_job"]["worker"] > 0
+    per = e2e["cpu_ms_per_job"]  # the stack: every process but the bench's (the load generator)
+    assert abs(per["stack"] - sum(v for k, v in per.items() if k not in ("stack", "bench"))) < 0.05
 
     lat = res["accept_latency"]
     for path in ("async", "sync"):
@@ -43,29 +53,41 @@ def test_bench_quick_prints_json_summary(tmp_path):
         # A transport error under a burst is reported, not fatal: this is not a load test.
         assert lat[path]["ok"] >= 0.9 * lat[path]["requests"] > 0
         assert 0 < ms["p50"] <= ms["p95"] <= ms["p99"] <= ms["max"]
+        assert lat[path]["generator"]["engine"] == "lean"
     assert lat["p99_ratio_sync_over_async"] > 0
     assert lat["sync"]["jobs"]["outcomes"].get("succeeded") >= lat["sync"]["ok"]
+    assert res["loadgen"]["cpu_ms_per_request_max"] > 0
 
-    hot = res["hot_sku"]
-    assert hot["ratio_hot_over_spread"] > 0
-    # Stock for half the hot sales: some succeed, the rest fail insufficient_stock, none oversold.
-    assert hot["hot"]["outcomes"].get("succeeded", 0) > 0
-    assert hot["hot"]["outcomes"].get("failed:insufficient_stock", 0) > 0
-    assert hot["hot_sku_stock"]["oversold"] == 0
-    assert all(v == 0 for r in ("hot", "spread") for v in hot[r]["deadlocks"].values())
+    jl = res["job_latency"]
+    assert (
+        jl["offered_rps"] > 0
+        and 0 < jl["accept_to_finished_ms"]["p50"] <= jl["accept_to_finished_ms"]["p99"]
+    )
+
+    # Flash sale: stock for half the sales; exact outcomes on both paths, nothing oversold.
+    flash = res["flash_sale"]
+    half = flash["stock_covers"]
+    for path in ("async", "sync"):
+        run = flash[path]
+        assert run["outcomes"] == {
+            "succeeded": half,
+            "failed:insufficient_stock": flash["sales"] - half,
+        }, run["outcomes"]
+        assert run["ok"] is True, run["checks"]
+        assert run["stock"][0]["lot"] == "LOT-EXPIRED" and run["stock"][0]["sold"] == 0
+        assert 0 < run["fcfs"]["of_them_succeeded"] <= run["fcfs"]["first_accepted"] == half
+        assert all(v == 0 for v in run["deadlocks"].values())
+    assert flash["ratio_async_over_sync"] > 0
     assert res["ledger"]["clean"] is True
     assert res["oversell"] == {
         "on_hand_not_negative": 0,
         "on_hand_equals_moves": 0,
-        "hot_sku_oversold_units": 0,
+        "flash_oversold_units": 0,
     }
 
     obs = res["observability"]
-    assert (
-        obs["e2e_jobs_per_s_on"] > 0
-        and obs["e2e_jobs_per_s_off"] > 0
-        and isinstance(obs["cost"], float)
-    )
+    assert obs["e2e_jobs_per_s_on"] > 0 and obs["e2e_jobs_per_s_off"] > 0
+    assert isinstance(obs["cpu_cost"], float)
 
     stm = res["statements_per_paid_job"]
     assert stm["accept_path_web"]["per_job"] > 0 and stm["job_path_worker"]["per_job"] > 0
@@ -73,12 +95,43 @@ def test_bench_quick_prints_json_summary(tmp_path):
     mem = res["resources"]["peak_memory_mb"]
     assert mem["web"]["rss_mb"] > 0 and mem["worker"]["rss_mb"] > 0
 
-    assert [t["verdict"] in ("PASS", "FAIL") for t in res["targets"]] == [True] * 7
+    assert len(res["targets"]) == 11
+    assert all(t["verdict"] in ("PASS", "FAIL") for t in res["targets"]), res["targets"]
     assert "PASS" in proc.stderr or "FAIL" in proc.stderr  # the short table
 
     written = json.loads(Path(res["results_file"]).read_text())
     assert written["targets"] == res["targets"]
     assert "stop_errors" not in res["teardown"] and "embedded_stop_error" not in res["teardown"]
+
+
+def test_floor_app_is_bare_celery_with_stockflows_settings():
+    """bench.floor_app: every delivery setting equals stockflow's (read from config/settings.py,
+    which the assertion reads independently), and importing it loads no stockflow code."""
+    code = """
+import json, sys
+from bench.floor_app import app
+from config import settings
+keys = {"task_acks_late": "CELERY_TASK_ACKS_LATE",
+        "task_reject_on_worker_lost": "CELERY_TASK_REJECT_ON_WORKER_LOST",
+        "worker_prefetch_multiplier": "CELERY_WORKER_PREFETCH_MULTIPLIER",
+        "task_send_sent_event": "CELERY_TASK_SEND_SENT_EVENT",
+        "worker_send_task_events": "CELERY_WORKER_SEND_TASK_EVENTS",
+        "broker_url": "CELERY_BROKER_URL",
+        "broker_transport_options": "CELERY_BROKER_TRANSPORT_OPTIONS",
+        "task_serializer": "CELERY_TASK_SERIALIZER",
+        "task_ignore_result": "CELERY_TASK_IGNORE_RESULT"}
+print(json.dumps({
+    "differ": [k for k, s in keys.items() if app.conf[k] != getattr(settings, s)],
+    "fixups": list(app.fixups),
+    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("stockflow", "workers", "api", "tasks")),
+}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == {"differ": [], "fixups": [], "loaded": []}
 
 
 def test_bench_cpu_measures_both_paths_in_both_modes():
