@@ -28,8 +28,12 @@ def scoped(scope: str):
     return decorator
 
 
-def audited(action: str, scope: str):
-    """Scope check plus one append-only audit row per request, accepted or rejected."""
+def audited(action: str, scope: str, at_once=None):
+    """Scope check plus one append-only audit row per request, accepted or rejected.
+
+    `at_once(request, audit_row, **kwargs)`, if given, may answer the common case first
+    in one autocommitted statement that also writes `audit_row(job)`; it returns None
+    when the view must decide (in one transaction with its audit row, as below)."""
 
     def decorator(view):
         @functools.wraps(view)
@@ -41,8 +45,17 @@ def audited(action: str, scope: str):
                 request_id=request.request_id,
                 sale_id=sale_id if ids.plausible(sale_id) else None,
             )
+
+            def accepted_row(job):
+                entry.outcome, entry.status_code, entry.job_id = "accepted", 202, job.pk
+                return entry
+
             try:
                 _check_scope(request, scope)
+                if at_once is not None:
+                    result = at_once(request, accepted_row, *args, **kwargs)
+                    if result is not None:
+                        return result
                 # The audit row commits with what the request did, in one transaction.
                 with transaction.atomic():
                     result = view(request, *args, **kwargs)

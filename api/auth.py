@@ -17,5 +17,6 @@ class BearerToken(HttpBearer):
         now = timezone.now()
         if api_token.last_used_at is None or now - api_token.last_used_at > _TOUCH_EVERY:
             ApiToken.objects.filter(pk=api_token.pk).update(last_used_at=now)
+            api_token.last_used_at = now  # the instance may be the cached one: touch once a minute
         request.api_token = api_token
         return api_token

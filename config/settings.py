@@ -136,6 +136,8 @@ DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True  # RequestIdMiddleware sanitiz
 DJANGO_STRUCTLOG_USER_ID_FIELD = None
 # /metrics on the web port answers only to this bearer token (unset: always 401).
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# A verified API token is trusted this long per process: a revocation reaches other processes within it.
+API_TOKEN_CACHE_SECONDS = env_int("API_TOKEN_CACHE_SECONDS", 5)
 
 # --- public lead form ------------------------------------------------------------------
 LEADS_PER_MINUTE = env_int("LEADS_PER_MINUTE", 2)
@@ -154,6 +156,9 @@ JOB_RECONCILE_INTERVAL_SECONDS = env_int("JOB_RECONCILE_INTERVAL_SECONDS", 5)
 # Transient faults: exponential backoff with full jitter, at most this many retries.
 JOB_MAX_RETRIES = env_int("JOB_MAX_RETRIES", 5)
 JOB_RETRY_BACKOFF_MAX_SECONDS = env_int("JOB_RETRY_BACKOFF_MAX_SECONDS", 30)
+# sale.paid batches: a worker settles its own job plus up to JOB_BATCH_SIZE - 1 other
+# queued PAID jobs (oldest first, SKIP LOCKED) in one transaction; 1 turns batching off.
+JOB_BATCH_SIZE = env_int("JOB_BATCH_SIZE", 50)
 # readyz: a worker must have sent a heartbeat within this many seconds.
 WORKER_HEARTBEAT_MAX_AGE_SECONDS = env_int("WORKER_HEARTBEAT_MAX_AGE_SECONDS", 30)
 

@@ -9,7 +9,7 @@ from stockflow.observability import sentry
 from stockflow.platform.errors import ErrorCode
 from stockflow.stock import invariants
 from stockflow.stock.services import outbox as jobs
-from stockflow.stock.services.handlers import HANDLERS
+from stockflow.stock.services.handlers import BATCH_HANDLERS, HANDLERS
 from workers.celery import app
 from workers.publish import RUN_JOB_TASK
 from workers.transient import TransientError, classify
@@ -50,7 +50,7 @@ def run_job(self, job_id: str):
         job_kind=context.get("job_kind"),
     )
     try:
-        jobs.run(job_id, HANDLERS)
+        jobs.run(job_id, HANDLERS, BATCH_HANDLERS, lambda exc: classify(exc) is not None)
     except Exception as exc:
         reason = classify(exc)
         if reason is None:

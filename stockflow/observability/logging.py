@@ -9,6 +9,7 @@ import json
 import logging.config
 import os
 
+import orjson
 import structlog
 
 from . import pii, tracing
@@ -25,8 +26,28 @@ def _pre_chain() -> list:
     return [*_PRE_CHAIN, tracing.add_trace_ids] if tracing.enabled() else list(_PRE_CHAIN)
 
 
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
 def _json(value) -> str:
-    return json.dumps(value, default=str, separators=(",", ":"))
+    # orjson: several times cheaper than json.dumps on every line of every request and job.
+    try:
+        return orjson.dumps(value, default=str, option=_ORJSON_OPTIONS).decode()
+    except TypeError:  # what orjson refuses (an int past 64 bits, a cycle): the slow, lenient way
+        return json.dumps(value, default=str, separators=(",", ":"))
+
+
+# Lines that repeat others: request_started (request_finished carries the same request,
+# its status and request id), task_enqueued (the job row keeps the request id, every
+# worker line carries request, task and job ids, a failed publish logs
+# job.enqueue_failed, the reconciler logs its count). One line fewer each, per accept.
+_REDUNDANT = frozenset({"request_started", "task_enqueued"})
+
+
+def _drop_redundant(logger, method_name, event_dict):
+    if event_dict.get("event") in _REDUNDANT:
+        raise structlog.DropEvent
+    return event_dict
 
 
 def logging_dict(level: str | None = None) -> dict:
@@ -76,6 +97,7 @@ def configure_structlog() -> None:
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
+            _drop_redundant,
             *_pre_chain(),
             structlog.processors.StackInfoRenderer(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,

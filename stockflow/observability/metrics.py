@@ -91,6 +91,16 @@ JOBS_FINISHED = Counter(
     "Jobs that reached a terminal status, by kind, status and error code.",
     ["kind", "status", "code"],
 )
+JOB_BATCH_SIZE = Histogram(
+    "stockflow_job_batch_size",
+    "Jobs settled together in one worker transaction (sale.paid batches).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
+JOB_BATCH_DURATION = Histogram(
+    "stockflow_job_batch_duration_seconds",
+    "Time to settle one batch of jobs: locks, allocation, writes, commit.",
+    buckets=LATENCY_BUCKETS,
+)
 TASK_STARTED = Counter(
     "celery_task_attempts_total", "Task executions started in a worker child.", ["task"]
 )

@@ -34,6 +34,29 @@ def insert(obj: models.Model) -> models.Model:
 
 
 @cache
+def _insert_select_sql(model: type[models.Model], with_pk: bool) -> tuple[str, tuple]:
+    fields = tuple(f for f in model._meta.concrete_fields if with_pk or not f.primary_key)
+    # Each value cast to its column's type: a parameter in a SELECT list has no column to
+    # take its type from (VALUES has; INSERT … SELECT does not).
+    values = ", ".join(f"%s::{f.cast_db_type(connection)}" for f in fields)
+    sql = (
+        f"INSERT INTO {model._meta.db_table} ({', '.join(f.column for f in fields)}) "
+        f"SELECT {values} FROM "
+    )
+    return sql, fields
+
+
+def insert_select(obj: models.Model, source: str) -> tuple[str, list]:
+    """(`INSERT INTO … SELECT %s, … FROM source`, its parameters): one new instance as
+    `insert` writes it, written once per row of `source` (a CTE), so that a single
+    statement can insert it only when an earlier part of the statement succeeded. The
+    primary key, if not set, comes from the database and is not returned."""
+    sql, fields = _insert_select_sql(type(obj), obj.pk is not None)
+    values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    return sql + source, values
+
+
+@cache
 def _select_fields(model: type[models.Model]) -> tuple:
     fields = tuple(model._meta.concrete_fields)
     attnames = tuple(f.attname for f in fields)

@@ -56,6 +56,12 @@ def idempotency_conflict(sale_id: int, kind: str, idempotency_key: str, existing
     )
 
 
+def batch_settled(size: int, duration_s: float) -> None:
+    """One worker transaction settled `size` jobs (each also reported by job_finished)."""
+    metrics.JOB_BATCH_SIZE.observe(size)
+    metrics.JOB_BATCH_DURATION.observe(duration_s)
+
+
 def job_finished(job: Job, duration_s: float | None, result: JobResult | None = None) -> None:
     """Called once per job reaching a terminal status (in the worker). `result` is what
     the service returned; without it, the typed view of what the job stored."""

@@ -2,6 +2,9 @@
 
     job  ->  sale  ->  on-hand rows ordered by (product id, expiry [never-expires last], batch id)
 
+A batch (several jobs in one transaction) takes each class in that order too: its jobs
+with SKIP LOCKED (it never waits for a job), its sales by id, then all its on-hand rows.
+
 Any transaction that holds more than one of these takes them in that order, so two
 jobs can wait for each other but never deadlock. Which stock to *consume* (FEFO) is
 decided after locking, in Python: locking order and consumption order are separate.
@@ -32,6 +35,32 @@ def job(job_id) -> Job | None:
         Job, f"SELECT {sql.columns(Job, 'j')} FROM {_JOB} j WHERE j.id = %s FOR UPDATE", [job_uuid]
     )
     return found[0] if found else None
+
+
+def jobs(job_ids) -> list[Job]:
+    """The unfinished ones of these jobs, locked, in acceptance order. SKIP LOCKED: a job
+    another transaction holds is that transaction's to settle (or its own delivery's)."""
+    return sql.fetch(
+        Job,
+        f"""SELECT {sql.columns(Job, "j")} FROM {_JOB} j
+            WHERE j.id = ANY(%s) AND j.status IN ('{Job.Status.QUEUED}', '{Job.Status.RUNNING}')
+            ORDER BY j.created_at, j.id FOR UPDATE SKIP LOCKED""",
+        [list(job_ids)],
+    )
+
+
+def sales(sale_ids) -> dict[int, Sale]:
+    """These sales, locked in id order, each with its location (not locked) attached."""
+    found = sql.fetch(
+        Sale,
+        f"""SELECT {sql.columns(Sale, "s")}, l.code AS location_code, l.timezone AS location_timezone
+            FROM {_SALE} s JOIN {_LOCATION} l ON l.id = s.location_id
+            WHERE s.id = ANY(%s) ORDER BY s.id FOR UPDATE OF s""",
+        [sorted(set(sale_ids))],
+    )
+    for s in found:
+        s.location = Location(id=s.location_id, code=s.location_code, timezone=s.location_timezone)
+    return {s.pk: s for s in found}
 
 
 def sale(sale_id) -> Sale | None:
@@ -79,6 +108,16 @@ def stock_of_products(product_ids, location_id) -> list[StockOnHand]:
     `expired_batch` from `insufficient_stock`), locked in the global order."""
     return _stock(
         "b.product_id = ANY(%s) AND b.location_id = %s", [sorted(set(product_ids)), location_id]
+    )
+
+
+def stock_of_products_at(pairs) -> list[StockOnHand]:
+    """All on-hand rows of these (product id, location id) pairs, locked once in the global
+    order: what a batch of sale.paid jobs may consume."""
+    pairs = sorted(set(pairs))
+    return _stock(
+        "(b.product_id, b.location_id) IN (SELECT * FROM unnest(%s::bigint[], %s::bigint[]))",
+        [[p for p, _ in pairs], [loc for _, loc in pairs]],
     )
 
 

@@ -2,7 +2,15 @@
 
 import pytest
 
-from stockflow.observability.pii import REDACTED, is_pii_key, mask_text, scrub, structlog_processor
+from stockflow.observability.pii import (
+    _MAYBE,
+    _PATTERNS,
+    REDACTED,
+    is_pii_key,
+    mask_text,
+    scrub,
+    structlog_processor,
+)
 
 
 @pytest.mark.parametrize(
@@ -32,6 +40,16 @@ def test_business_keys_are_not(key):
 )
 def test_personal_data_inside_any_string_is_masked(text, masked):
     assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["ana.lima@example.com", "203.0.113.7", "2001:db8:0:0:0:0:0:1", "fe80::1:2", "+44 20 7946 0958",
+     "+351912345678", "sf_abcdefghijklmnopqrstuvwxyz0123", "a.b@c.io", "1.2.3.4"],
+)  # fmt: skip
+def test_the_cheap_prefilter_never_skips_what_a_pattern_would_mask(text):
+    # The speed of the scrubber rests on this pre-check; it must stay a necessary condition.
+    assert _PATTERNS.search(text) and _MAYBE.search(text)
 
 
 def test_ordinary_values_pass_unchanged():

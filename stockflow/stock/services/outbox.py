@@ -17,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
+import structlog
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Model
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -29,6 +31,10 @@ from stockflow.stock import events, locks, results
 from ..models import Job, Sale
 
 Handler = Callable[[Job], results.PaymentResult | results.RefundResult]
+# Settles many locked jobs of one kind: {job id: result, DomainError, or unexpected exception}.
+BatchHandler = Callable[[list[Job]], dict]
+
+logger = structlog.get_logger(__name__)
 
 
 def enqueue(job: Job) -> bool:
@@ -116,6 +122,56 @@ def create(sale: Sale, request: JobRequest) -> Job:
     return job
 
 
+def create_at_once(
+    sale_id: int,
+    request: JobRequest,
+    sale_status_in,
+    also: Callable[[Job], Model] | None = None,
+) -> tuple[Job, str] | None:
+    """The common case of an accept in one autocommitted statement: insert the job (and
+    the row `also` makes for it, e.g. the audit row) if the sale exists with a status in
+    `sale_status_in` and no unique index objects — no earlier job with this
+    Idempotency-Key (job_idempotency_key_once), for `paid` none in flight
+    (job_one_active_paid_per_sale). Returns (job, the sale's status), enqueued on commit;
+    None when anything else must be decided: the caller then takes the locked path
+    (`earlier`, its business check, `create`), which reads what stood in the way.
+
+    The sale is share-locked first (FOR KEY SHARE, as the job's foreign key check would
+    anyway): a locked path or a worker holding the sale is waited for before this
+    statement writes an index entry, so the two never wait on each other."""
+    now = timezone.now()
+    job = Job(
+        kind=request.kind,
+        sale_id=sale_id,
+        payload=request.payload,
+        idempotency_key=request.idempotency_key or None,
+        fingerprint=request.fingerprint,
+        request_id=request.request_id,
+        created_at=now,
+        lease_expires_at=_lease(Job.Status.QUEUED, now),
+    )
+    insert_job, params = sql.insert_select(job, "s")
+    statement = (
+        f"WITH s AS (SELECT status FROM {Sale._meta.db_table} WHERE id = %s"
+        f" AND status IN {sql.in_list(sorted(sale_status_in))} FOR KEY SHARE),"
+        f" ins AS ({insert_job} ON CONFLICT DO NOTHING RETURNING 1)"
+    )
+    params = [sale_id, *params]
+    if also is not None:
+        insert_also, also_params = sql.insert_select(also(job), "ins")
+        statement += f", also AS ({insert_also})"
+        params += also_params
+    with connection.cursor() as cursor:
+        cursor.execute(statement + " SELECT s.status FROM s, ins", params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    job._state.adding = False
+    job._state.db = connection.alias
+    transaction.on_commit(lambda: enqueue(job))  # autocommit: at once
+    return job, row[0]
+
+
 _UNFINISHED = sql.in_list(Job.UNFINISHED)
 _EARLIER = f"""
     SELECT {sql.columns(Job, "j")} FROM {Job._meta.db_table} j
@@ -184,17 +240,32 @@ def _finish(job: Job, status: str, result: results.JobResult, message: str = "")
         )
 
 
-def run(job_id, handlers: dict[str, Handler]) -> Job | None:
+def run(
+    job_id,
+    handlers: dict[str, Handler],
+    batch_handlers: dict[str, BatchHandler] | None = None,
+    is_transient: Callable[[BaseException], bool] = lambda exc: False,
+) -> Job | None:
     """Apply the job once. Business failures finish it as `failed`; transient database
     errors propagate (the caller retries); returns the job as it ended, or None if
-    there was nothing to do (already finished, unknown id)."""
+    there was nothing to do (already finished, unknown id).
+
+    With `batch_handlers`, a job of a batched kind is settled together with up to
+    JOB_BATCH_SIZE - 1 other queued jobs of that kind (see `_run_batch`)."""
+    if batch_handlers and settings.JOB_BATCH_SIZE > 1:
+        return _run_batch(job_id, handlers, batch_handlers, is_transient)
     if not _claim(job_id):
         return None
+    return _apply(job_id, handlers)
+
+
+def _apply(job_id, handlers: dict[str, Handler]) -> Job | None:
+    """One claimed job, alone in its own transaction."""
     started = time.perf_counter()
     try:
         with transaction.atomic():
             job = locks.job(job_id)
-            if job.is_terminal:  # a concurrent delivery finished it while we waited
+            if job is None or job.is_terminal:  # a concurrent delivery finished it meanwhile
                 return job
             result = handlers[job.kind](job)
             _finish(job, Job.Status.SUCCEEDED, result)
@@ -208,6 +279,217 @@ def run(job_id, handlers: dict[str, Handler]) -> Job | None:
         )
     events.job_finished(job, time.perf_counter() - started, result)
     return job
+
+
+_JOBS = Job._meta.db_table
+_CLAIM_OWN = f"""
+    WITH mine AS (
+        SELECT id FROM {_JOBS}
+        WHERE id = %(id)s AND status IN {_UNFINISHED} AND attempts < %(max_attempts)s
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE {_JOBS}
+        SET status = '{Job.Status.RUNNING}', attempts = attempts + 1,
+            started_at = COALESCE(started_at, %(now)s), lease_expires_at = %(lease)s, updated_at = %(now)s
+        WHERE id IN (SELECT id FROM mine)
+        RETURNING kind
+    )
+    SELECT kind, true FROM claimed
+    UNION ALL
+    SELECT kind, false FROM {_JOBS}
+    WHERE id = %(id)s AND status IN {_UNFINISHED} AND NOT EXISTS (SELECT 1 FROM claimed)"""
+
+# Inside the batch's transaction: lock our claimed job and up to N - 1 queued jobs of its
+# kind, oldest first, never waiting (SKIP LOCKED), and count the others' attempt. Their
+# claim commits with their outcome; if the worker dies they are simply queued again.
+_LOCK_BATCH = f"""
+    WITH mine AS (
+        SELECT id FROM {_JOBS} WHERE id = %(own)s AND status IN {_UNFINISHED}
+        FOR UPDATE SKIP LOCKED
+    ), others AS (
+        SELECT id FROM {_JOBS}
+        WHERE status = '{Job.Status.QUEUED}' AND kind = %(kind)s AND id IS DISTINCT FROM %(own)s
+          AND attempts < %(max_attempts)s
+        ORDER BY created_at, id LIMIT %(others)s FOR UPDATE SKIP LOCKED
+    )
+    UPDATE {_JOBS} j
+    SET status = '{Job.Status.RUNNING}',
+        attempts = j.attempts + CASE WHEN j.id = %(own)s THEN 0 ELSE 1 END,
+        started_at = COALESCE(j.started_at, %(now)s), lease_expires_at = %(lease)s, updated_at = %(now)s
+    WHERE j.id IN (SELECT id FROM mine UNION ALL SELECT id FROM others)
+    RETURNING {sql.columns(Job, "j")}"""
+
+
+def _claim_own(job_uuid) -> tuple[str | None, bool, bool]:
+    """Claim this job unless another transaction holds it: one autocommitted statement, so
+    attempts survive a dead worker. Returns (its kind, claimed, held elsewhere); (None,
+    False, False) for a finished or unknown job: a delivery of a job a batch settled costs
+    this one statement."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CLAIM_OWN,
+            {
+                "id": job_uuid,
+                "now": now,
+                "lease": _lease(Job.Status.RUNNING, now),
+                "max_attempts": settings.JOB_MAX_ATTEMPTS,
+            },
+        )
+        row = cursor.fetchone()
+    return (row[0], row[1], not row[1]) if row else (None, False, False)
+
+
+def _run_batch(job_id, handlers, batch_handlers, is_transient) -> Job | None:
+    """Our job plus up to JOB_BATCH_SIZE - 1 queued jobs of its kind in one transaction.
+    Our job held by another transaction (another batch has it): settle other queued jobs
+    meanwhile, then wait for it as a single delivery would."""
+    job_uuid = ids.as_uuid(job_id)
+    if job_uuid is None:
+        return fail(job_id, ErrorCode.ERROR, "unknown job")
+    kind, claimed, held_elsewhere = _claim_own(job_uuid)
+    own = None
+    if kind in batch_handlers:
+        own, own_left = _settle(
+            kind, job_uuid, claimed, batch_handlers[kind], handlers, is_transient
+        )
+        if own_left:  # left out of the batch (or taken by a duplicate delivery): alone
+            own = _apply(job_uuid, handlers)
+    elif claimed:  # a kind that is not batched (refunds): one per transaction
+        own = _apply(job_uuid, handlers)
+    if held_elsewhere:
+        # Wait for whoever holds it, then apply it alone if still unfinished; fail it if it
+        # was delivered too often.
+        own = _apply(job_uuid, handlers) if _claim(job_uuid) else None
+    return own
+
+
+def _settle(kind, own_id, own_claimed, batch_handler, handlers, is_transient):
+    """Settle one batch in one transaction. Returns (our job as it ended if the batch
+    settled it, whether our job still needs settling alone). A transient error propagates
+    (the whole batch rolls back and is retried); any other error of the transaction (one
+    job's write failing a shared statement) settles every job alone instead, so only the
+    job at fault fails."""
+    started = time.perf_counter()
+    jobs: list[Job] = []
+    failed = None
+    try:
+        with transaction.atomic():
+            now = timezone.now()
+            jobs = sql.fetch(
+                Job,
+                _LOCK_BATCH,
+                {
+                    "own": own_id if own_claimed else None,
+                    "kind": kind,
+                    "now": now,
+                    "lease": _lease(Job.Status.RUNNING, now),
+                    "max_attempts": settings.JOB_MAX_ATTEMPTS,
+                    "others": settings.JOB_BATCH_SIZE - 1,
+                },
+            )
+            jobs.sort(key=lambda j: (j.created_at, str(j.pk)))  # acceptance order
+            done, left_out = _finish_batch(jobs, batch_handler(jobs) if jobs else {})
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        failed = exc
+    own_missing = own_claimed and own_id not in {job.pk for job in jobs}
+    if failed is not None:
+        # Outside the except block: the job at fault raises its own error, unchained.
+        logger.warning("job.batch_split", jobs=len(jobs), error=type(failed).__name__)
+        return _apply_each(jobs, own_id, handlers, is_transient), own_missing
+    if not jobs:
+        return None, own_missing
+    duration = time.perf_counter() - started
+    events.batch_settled(len(jobs), duration)
+    own = None
+    for job, result in done:
+        with _bound(job):
+            events.job_finished(job, duration, result)
+        own = job if job.pk == own_id else own
+    for job, exc in left_out:
+        if job.pk != own_id:
+            # Still `running`: its own delivery (or the reconciler) settles it alone.
+            with _bound(job):
+                logger.warning("job.left_out_of_batch", error=type(exc).__name__)
+    return own, own_missing or any(job.pk == own_id for job, _ in left_out)
+
+
+def _apply_each(jobs: list[Job], own_id, handlers, is_transient) -> Job | None:
+    """Every job of a failed batch alone, each in its own transaction; our job's own
+    error propagates (it fails for good), another's leaves it to its own delivery."""
+    own = None
+    for job in jobs:
+        with _bound(job):
+            try:
+                # The failed batch's claim rolled back: claim the others again, so their
+                # attempts count.
+                applied = _apply(job.pk, handlers) if job.pk == own_id or _claim(job.pk) else None
+            except Exception as exc:
+                if is_transient(exc) or job.pk == own_id:
+                    raise
+                logger.warning("job.left_out_of_batch", error=type(exc).__name__)
+                continue
+        own = applied if job.pk == own_id else own
+    return own
+
+
+def _bound(job: Job):
+    """Log a job's part of a batch under its own request id."""
+    if not job.request_id:
+        return structlog.contextvars.bound_contextvars(job_id=str(job.pk))
+    return structlog.contextvars.bound_contextvars(
+        request_id=job.request_id, job_id=str(job.pk), job_kind=job.kind
+    )
+
+
+_FINISH_MANY = f"""
+    UPDATE {Job._meta.db_table} j
+    SET status = d.status, result = d.result::jsonb, error_code = d.code, error_message = d.message,
+        finished_at = d.at, updated_at = d.at
+    FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(results)s::text[], %(codes)s::text[],
+                %(messages)s::text[], %(at)s::timestamptz[]) AS d(id, status, result, code, message, at)
+    WHERE j.id = d.id"""
+
+
+def _finish_batch(jobs: list[Job], outcomes: dict) -> tuple[list, list]:
+    """Record every job's own outcome in one statement: ([(job, result)] finished,
+    [(job, exception)] left out, still `running`)."""
+    now = timezone.now()
+    done, left_out = [], []
+    for i, job in enumerate(jobs):
+        outcome = outcomes[job.pk]
+        if isinstance(outcome, DomainError):
+            result = results.Failure(outcome.code, outcome.details)
+            job.status, job.error_message = Job.Status.FAILED, outcome.message
+        elif isinstance(outcome, Exception):
+            left_out.append((job, outcome))
+            continue
+        else:
+            result = outcome
+            job.status, job.error_message = Job.Status.SUCCEEDED, ""
+        job.result = result.as_json()
+        job.error_code = result.outcome if isinstance(result, results.Failure) else ""
+        # One microsecond apart: finish order stays the order the batch settled them in.
+        job.finished_at = job.updated_at = now + datetime.timedelta(microseconds=i)
+        done.append((job, result))
+    if done:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _FINISH_MANY,
+                {
+                    "at": [job.finished_at for job, _ in done],
+                    "ids": [job.pk for job, _ in done],
+                    "statuses": [str(job.status) for job, _ in done],
+                    "results": [
+                        None if job.result is None else json.dumps(job.result) for job, _ in done
+                    ],
+                    "codes": [str(job.error_code) for job, _ in done],
+                    "messages": [job.error_message for job, _ in done],
+                },
+            )
+    return done, left_out
 
 
 def fail(

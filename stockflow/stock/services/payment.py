@@ -3,10 +3,10 @@
 `pay` runs inside the job's transaction, with the job row already locked.
 """
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from stockflow.platform import sql
+from stockflow.platform import ids, sql
 from stockflow.platform.errors import DomainError, ErrorCode
 from stockflow.stock import events, fefo, locks
 from stockflow.stock.results import Moved, Outcome, PaymentResult
@@ -37,6 +37,26 @@ def request_payment(sale_id, *, idempotency_key: str | None, request_id: str):
         return outbox.create(sale, request), True
 
 
+def request_payment_at_once(
+    sale_id, *, idempotency_key: str | None, request_id: str, also=None
+) -> Job | None:
+    """Accept `paid` in one autocommitted statement when nothing stands in the way (see
+    outbox.create_at_once; `also` makes the audit row written with the job). None: call
+    request_payment, which decides every other case exactly (404, the same or an
+    in-flight job, 409s)."""
+    if not ids.plausible(sale_id):
+        return None
+    request = outbox.JobRequest(
+        Job.Kind.SALE_PAID, {"to_status": S.PAID}, idempotency_key, request_id
+    )
+    accepted = outbox.create_at_once(sale_id, request, sales.PAYABLE, also)
+    if accepted is None:
+        return None
+    job, from_status = accepted
+    events.transition(sale_id, from_status, S.PAID, Outcome.ACCEPTED)
+    return job
+
+
 def lines_with_sku(sale_id: int) -> list[SaleLine]:
     """The sale's lines with each product's sku (`line.sku`), in line order: one query
     on the job's hot path."""
@@ -46,6 +66,107 @@ def lines_with_sku(sale_id: int) -> list[SaleLine]:
             JOIN {Product._meta.db_table} p ON p.id = l.product_id WHERE l.sale_id = %s ORDER BY l.id""",
         [sale_id],
     )
+
+
+def lines_of_sales(sale_ids) -> dict[int, list[SaleLine]]:
+    """`lines_with_sku` for many sales, in one query: {sale id: lines in line order}."""
+    by_sale: dict[int, list[SaleLine]] = {}
+    for line in sql.fetch(
+        SaleLine,
+        f"""SELECT {sql.columns(SaleLine, "l")}, p.sku FROM {SaleLine._meta.db_table} l
+            JOIN {Product._meta.db_table} p ON p.id = l.product_id
+            WHERE l.sale_id = ANY(%s) ORDER BY l.id""",
+        [sorted(set(sale_ids))],
+    ):
+        by_sale.setdefault(line.sale_id, []).append(line)
+    return by_sale
+
+
+_MARK_PAID = f"""
+    UPDATE {Sale._meta.db_table} SET status = '{S.PAID}', paid_at = %(now)s, updated_at = %(now)s
+    WHERE id = ANY(%(ids)s)"""
+
+BatchOutcome = PaymentResult | DomainError | Exception
+
+
+def pay_batch(jobs: list[Job]) -> dict[object, BatchOutcome]:
+    """`pay` for many jobs in one transaction (the jobs locked, in acceptance order):
+    {job id: PaymentResult, or the DomainError that fails it, or an unexpected exception
+    that leaves it out}. Sales, then every on-hand row the batch needs, are locked once;
+    FEFO runs job by job against running balances (first come, first served); a job
+    short of stock writes nothing. Moves + on-hand are one statement, sales one more."""
+    outcomes: dict[object, BatchOutcome] = {}
+    sales_by_id = locks.sales([job.sale_id for job in jobs])
+    lines_by_sale = lines_of_sales(sales_by_id)
+    payable = []
+    for job in jobs:
+        sale = sales_by_id.get(job.sale_id)
+        if sale is None:
+            outcomes[job.pk] = LookupError(f"sale {job.sale_id} of job {job.pk} not found")
+            continue
+        job.sale = sale  # its events read the status it kept (no query)
+        if sale.status == S.PAID:
+            # An earlier delivery committed the effect; the moves prove it (rare: no batching).
+            moves = StockMove.objects.filter(sale_line__sale=sale, kind=StockMove.Kind.SALE_OUT)
+            outcomes[job.pk] = PaymentResult(Outcome.IDEMPOTENT, S.PAID, moves.count())
+        elif sale.status not in sales.PAYABLE:
+            outcomes[job.pk] = DomainError(
+                ErrorCode.INVALID_TRANSITION, f"cannot pay a {sale.status} sale"
+            )
+        else:
+            payable.append((job, sale, lines_by_sale.get(sale.pk, [])))
+
+    rows_by_key: dict[tuple[int, int], list] = {}
+    needed = {(line.product_id, sale.location_id) for _, sale, lines in payable for line in lines}
+    for row in locks.stock_of_products_at(needed) if needed else ():
+        rows_by_key.setdefault((row.batch.product_id, row.batch.location_id), []).append(row)
+
+    now = timezone.now()
+    today: dict[int, object] = {}
+    moves, paid = [], []
+    for job, sale, lines in payable:  # acceptance order: first come, first served
+        try:
+            if sale.location_id not in today:
+                today[sale.location_id] = sale.location.today()
+            rows = [
+                row
+                for key in dict.fromkeys((line.product_id, sale.location_id) for line in lines)
+                for row in rows_by_key.get(key, ())
+            ]
+            requests = [
+                fefo.LineRequest(line.pk, line.product_id, line.sku, line.quantity)
+                for line in lines
+            ]
+            allocations = fefo.allocate(requests, rows, today[sale.location_id])
+        except Exception as exc:  # DomainError fails the job; anything else leaves it out
+            outcomes[job.pk] = exc
+            continue
+        for a in allocations:
+            a.on_hand.quantity -= a.quantity  # the running balance the next job sees
+        moves.extend(
+            StockMove(
+                kind=StockMove.Kind.SALE_OUT,
+                batch_id=a.on_hand.batch_id,
+                quantity=-a.quantity,
+                sale_line_id=a.line_id,
+                job_id=job.pk,
+                request_id=job.request_id,
+                created_at=now,
+            )
+            for a in allocations
+        )
+        paid.append(sale.pk)
+        outcomes[job.pk] = PaymentResult(
+            Outcome.SUCCESS,
+            sale.status,
+            len(allocations),
+            tuple(Moved(a.line_id, a.on_hand.batch_id, a.quantity) for a in allocations),
+        )
+    inventory.write_moves(moves)
+    if paid:
+        with connection.cursor() as cursor:
+            cursor.execute(_MARK_PAID, {"now": now, "ids": paid})
+    return outcomes
 
 
 def pay(job: Job) -> PaymentResult:

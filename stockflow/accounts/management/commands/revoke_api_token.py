@@ -1,5 +1,4 @@
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
 from stockflow.accounts.models import ApiToken
 
@@ -14,7 +13,7 @@ class Command(BaseCommand):
         tokens = ApiToken.objects.active().filter(name=name_or_id)
         if name_or_id.isdigit():
             tokens = tokens | ApiToken.objects.active().filter(pk=int(name_or_id))
-        revoked = tokens.update(revoked_at=timezone.now())
+        revoked = tokens.revoke()
         if not revoked:
             raise CommandError(f"no active token named or numbered {name_or_id!r}")
         self.stdout.write(f"revoked {revoked} token(s)")
