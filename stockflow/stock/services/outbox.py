@@ -105,21 +105,24 @@ def earlier(sale: Sale, request: JobRequest) -> Job | None:
 
 def create(sale: Sale, request: JobRequest) -> Job:
     """Write the job row and enqueue it when the surrounding transaction commits."""
-    now = timezone.now()
-    job = sql.insert(
-        Job(
-            kind=request.kind,
-            sale=sale,
-            payload=request.payload,
-            idempotency_key=request.idempotency_key or None,
-            fingerprint=request.fingerprint,
-            request_id=request.request_id,
-            created_at=now,
-            lease_expires_at=_lease(Job.Status.QUEUED, now),
-        )
-    )
+    job = sql.insert(_new_job(sale.pk, request))
+    job.sale = sale
     transaction.on_commit(lambda: enqueue(job))
     return job
+
+
+def _new_job(sale_id: int, request: JobRequest) -> Job:
+    now = timezone.now()
+    return Job(
+        kind=request.kind,
+        sale_id=sale_id,
+        payload=request.payload,
+        idempotency_key=request.idempotency_key or None,
+        fingerprint=request.fingerprint,
+        request_id=request.request_id,
+        created_at=now,
+        lease_expires_at=_lease(Job.Status.QUEUED, now),
+    )
 
 
 def create_at_once(
@@ -139,17 +142,7 @@ def create_at_once(
     The sale is share-locked first (FOR KEY SHARE, as the job's foreign key check would
     anyway): a locked path or a worker holding the sale is waited for before this
     statement writes an index entry, so the two never wait on each other."""
-    now = timezone.now()
-    job = Job(
-        kind=request.kind,
-        sale_id=sale_id,
-        payload=request.payload,
-        idempotency_key=request.idempotency_key or None,
-        fingerprint=request.fingerprint,
-        request_id=request.request_id,
-        created_at=now,
-        lease_expires_at=_lease(Job.Status.QUEUED, now),
-    )
+    job = _new_job(sale_id, request)
     insert_job, params = sql.insert_select(job, "s")
     statement = (
         f"WITH s AS (SELECT status FROM {Sale._meta.db_table} WHERE id = %s"

@@ -143,18 +143,7 @@ def pay_batch(jobs: list[Job]) -> dict[object, BatchOutcome]:
             continue
         for a in allocations:
             a.on_hand.quantity -= a.quantity  # the running balance the next job sees
-        moves.extend(
-            StockMove(
-                kind=StockMove.Kind.SALE_OUT,
-                batch_id=a.on_hand.batch_id,
-                quantity=-a.quantity,
-                sale_line_id=a.line_id,
-                job_id=job.pk,
-                request_id=job.request_id,
-                created_at=now,
-            )
-            for a in allocations
-        )
+        moves.extend(_sale_out(job, allocations, now))
         paid.append(sale.pk)
         outcomes[job.pk] = PaymentResult(
             Outcome.SUCCESS,
@@ -189,7 +178,22 @@ def pay(job: Job) -> PaymentResult:
     allocations = fefo.allocate(requests, rows, sale.location.today())
 
     now = timezone.now()
-    moves = [
+    moves = _sale_out(job, allocations, now)
+    inventory.write_moves(moves)
+    sale.status = S.PAID
+    sale.paid_at = now
+    sale.save(update_fields=["status", "paid_at", "updated_at"])
+    return PaymentResult(
+        Outcome.SUCCESS,
+        from_status,
+        len(moves),
+        tuple(Moved(a.line_id, a.on_hand.batch_id, a.quantity) for a in allocations),
+    )
+
+
+def _sale_out(job: Job, allocations: list[fefo.Allocation], now) -> list[StockMove]:
+    """The SALE_OUT moves of one job's allocations (negative: stock leaves the batch)."""
+    return [
         StockMove(
             kind=StockMove.Kind.SALE_OUT,
             batch_id=a.on_hand.batch_id,
@@ -201,13 +205,3 @@ def pay(job: Job) -> PaymentResult:
         )
         for a in allocations
     ]
-    inventory.write_moves(moves)
-    sale.status = S.PAID
-    sale.paid_at = now
-    sale.save(update_fields=["status", "paid_at", "updated_at"])
-    return PaymentResult(
-        Outcome.SUCCESS,
-        from_status,
-        len(moves),
-        tuple(Moved(a.line_id, a.on_hand.batch_id, a.quantity) for a in allocations),
-    )
