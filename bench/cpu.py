@@ -6,7 +6,7 @@ on our own embedded PostgreSQL and Redis (a temp state dir, as `python -m bench`
 
   accept  POST /api/sales/{id}/transition {"to_status": "paid"} through Django's test
           client: every middleware, auth, the job + audit transaction, the broker publish
-  job     stockflow.stock.services.outbox.run(job_id, HANDLERS): the worker's service path (claim, locks,
+  job     stockflow.stock.services.runner.run(job_id, HANDLERS): the worker's service path (claim, locks,
           FEFO, moves, finish), for jobs accepted just before (untimed)
 
 Each (path, mode) runs in its own child process, because logging and Sentry are set up
@@ -48,7 +48,7 @@ def child(path: str, n: int) -> dict:
 
     from bench import db
     from stockflow.accounts.models import ApiToken
-    from stockflow.stock.services import outbox as jobs
+    from stockflow.stock.services import runner as jobs
     from stockflow.stock.services.handlers import HANDLERS
 
     prefix = f"{path}-{uuid.uuid4().hex[:6]}"

@@ -186,17 +186,18 @@ def _kv(pairs: list[str]) -> dict[str, str]:
 
 OBS_DEFINITION = {
     "on": "LOG_LEVEL=INFO (JSON lines to the process log files), SENTRY_DSN set (sentry-sdk errors only, as "
-    "production starts it: Celery integration, a scope per request, breadcrumbs from warnings; events to a "
-    "local sink), CELERY_WORKER_SEND_TASK_EVENTS=true, "
+    "production starts it: a scope per request and per task, breadcrumbs from warnings, a task failing for good "
+    "reported by stockflow, no Celery integration; events to a local sink), CELERY_WORKER_SEND_TASK_EVENTS=true, "
+    "CELERY_TASK_SEND_SENT_EVENT=true, "
     "Prometheus metrics (multiprocess files)",
     "on_with_--obs-tracing": "also OTEL_EXPORTER_OTLP_ENDPOINT set (OpenTelemetry Django/Celery/psycopg spans, "
     "OTLP/HTTP to the local sink)",
     "off": "LOG_LEVEL=WARNING, SENTRY_DSN unset (sentry-sdk not initialised), CELERY_WORKER_SEND_TASK_EVENTS=false, "
+    "CELERY_TASK_SEND_SENT_EVENT=false, "
     "no OTEL_* variables (tracing not initialised)",
     "not_switchable_by_env": [
         "Prometheus metrics: always recorded; bin/web and bin/worker always set PROMETHEUS_MULTIPROC_DIR "
         "(mmap-file values), so metrics are ON in both modes",
-        "task-sent events from the publisher (web): CELERY_TASK_SEND_SENT_EVENT=True in settings",
         "django-structlog's request/task middleware still runs (it binds context; only the output is dropped)",
     ],
 }
@@ -208,11 +209,16 @@ def obs_env(mode: str, sink: SentrySink, tracing: bool = False) -> dict[str, str
             "LOG_LEVEL": "INFO",
             "SENTRY_DSN": sink.dsn,
             "CELERY_WORKER_SEND_TASK_EVENTS": "true",
+            "CELERY_TASK_SEND_SENT_EVENT": "true",
         }
         if tracing:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.base_url
         return env
-    return {"LOG_LEVEL": "WARNING", "CELERY_WORKER_SEND_TASK_EVENTS": "false"}
+    return {
+        "LOG_LEVEL": "WARNING",
+        "CELERY_WORKER_SEND_TASK_EVENTS": "false",
+        "CELERY_TASK_SEND_SENT_EVENT": "false",
+    }
 
 
 # --- HTTP firing ------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 A WSGI app that is stockflow's own Django project (same settings, middleware, auth,
 audit row, error contract, gunicorn config) plus one route,
 
-    POST /sync/sales/{id}/pay   ->  stockflow.stock.services.payment.request_payment(...) then outbox.run(job, HANDLERS)
+    POST /sync/sales/{id}/pay   ->  stockflow.stock.services.payment.request_payment(...) then runner.run(job, HANDLERS)
                                     in the request, answering 200 with the finished job;
 
 every other path is served by stockflow's URLconf as usual. The route is added by a
@@ -39,8 +39,8 @@ from api.routes import ERRORS  # noqa: E402
 from api.schemas import JobAccepted  # noqa: E402
 from config import urls as stockflow_urls  # noqa: E402
 from stockflow.accounts import scopes  # noqa: E402
-from stockflow.stock.services import outbox as jobs  # noqa: E402
 from stockflow.stock.services import payment  # noqa: E402
+from stockflow.stock.services import runner as jobs  # noqa: E402
 from stockflow.stock.services.handlers import HANDLERS  # noqa: E402
 from workers import publish as dispatch  # noqa: E402
 

@@ -81,9 +81,14 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or UNSET_DATABASE_URL,
-        # One persistent connection per web thread / worker child, health-checked before reuse.
+        # One persistent connection per web thread / worker child. No health check before
+        # reuse: it is a round trip (SELECT 1) per request and per task. A connection broken
+        # under us (PostgreSQL restarted) fails its first statement instead: the API answers
+        # 503 with Retry-After, a task retries it as transient, and Django closes the
+        # connection at the end of that request or task (errors_occurred), so the next one
+        # connects afresh.
         conn_max_age=env_int("DB_CONN_MAX_AGE", 300),
-        conn_health_checks=True,
+        conn_health_checks=False,
     )
 }
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
@@ -131,6 +136,9 @@ if PRODUCTION:
 # Logging is configured by stockflow.observability.bootstrap, once per process, not by Django.
 LOGGING_CONFIG = None
 DJANGO_STRUCTLOG_CELERY_ENABLED = True
+# One line per task outcome (task_succeeded / task_failed, with the duration): task_started
+# would add a line per job saying only that the outcome line is coming.
+DJANGO_STRUCTLOG_CELERY_TASK_START_LOG_LEVEL = 10  # logging.DEBUG
 DJANGO_STRUCTLOG_IP_LOGGING_ENABLED = False  # an IP address is personal data
 DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True  # RequestIdMiddleware sanitized it first
 DJANGO_STRUCTLOG_USER_ID_FIELD = None
@@ -203,7 +211,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 1,
 }
 # Events for Flower and celery-exporter (task-sent from the publisher, task-* from workers).
-CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TASK_SEND_SENT_EVENT = env_bool("CELERY_TASK_SEND_SENT_EVENT", True)
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", True)
 CELERY_TASK_TRACK_STARTED = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -8,7 +8,7 @@ from django.db import connection
 from stockflow.observability import sentry
 from stockflow.platform.errors import ErrorCode
 from stockflow.stock import invariants
-from stockflow.stock.services import outbox as jobs
+from stockflow.stock.services import outbox, runner
 from stockflow.stock.services.handlers import BATCH_HANDLERS, HANDLERS
 from workers.celery import app
 from workers.publish import RUN_JOB_TASK
@@ -35,7 +35,7 @@ class JobTask(Task):
             logger.warning("job.left_for_reconciler", job_id=args[0], reason=exc.reason)
             return
         try:
-            jobs.fail(args[0], ErrorCode.ERROR, f"{type(exc).__name__}: {exc}"[:2000])
+            runner.fail(args[0], ErrorCode.ERROR, f"{type(exc).__name__}: {exc}"[:2000])
         except Exception:
             logger.exception("job.fail_record_failed", job_id=args[0])
 
@@ -50,7 +50,7 @@ def run_job(self, job_id: str):
         job_kind=context.get("job_kind"),
     )
     try:
-        jobs.run(job_id, HANDLERS, BATCH_HANDLERS, lambda exc: classify(exc) is not None)
+        runner.run(job_id, HANDLERS, BATCH_HANDLERS, lambda exc: classify(exc) is not None)
     except Exception as exc:
         reason = classify(exc)
         if reason is None:
@@ -62,7 +62,7 @@ def run_job(self, job_id: str):
 
 @app.task(name="stockflow.reconcile_jobs", ignore_result=True)
 def reconcile_jobs():
-    resent = jobs.reconcile()
+    resent = outbox.reconcile()
     if resent:
         logger.info("jobs.reconciled", resent=resent)
     return resent

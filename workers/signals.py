@@ -13,11 +13,11 @@ from datetime import datetime
 
 import structlog
 from celery import signals
-from django.db import close_old_connections, connections
+from django.db import close_old_connections
 from prometheus_client import start_http_server
 
 from stockflow.observability import logging as log_config
-from stockflow.observability import metrics
+from stockflow.observability import metrics, sentry
 from stockflow.observability.bootstrap import bootstrap
 from stockflow.observability.exposition import process_registry
 from workers.transient import TransientError, cause_of
@@ -51,15 +51,6 @@ def _stamp_publish_time(headers=None, **kwargs):
         headers["published_at"] = time.time()
 
 
-@signals.worker_process_init.connect
-def _no_db_health_checks(**kwargs):
-    # A health check is one more round trip (SELECT 1) per task. The worker does not need
-    # it: a connection broken under it (PostgreSQL restart) fails the task's first
-    # statement, which is a transient error: the connection is closed and the task retried.
-    for conn in connections.all(initialized_only=False):
-        conn.settings_dict["CONN_HEALTH_CHECKS"] = False
-
-
 @signals.task_prerun.connect
 def _db_connections(**kwargs):
     # Django's per-request rule, per task: drop a connection past DB_CONN_MAX_AGE, or one
@@ -70,6 +61,7 @@ def _db_connections(**kwargs):
 @signals.task_prerun.connect
 def _task_started(task=None, **kwargs):
     name = task.name
+    sentry.task_started(name)
     task.request._stockflow_started = time.perf_counter()
     metrics.TASK_STARTED.labels(name).inc()
     published = getattr(task.request, "published_at", None)
@@ -103,6 +95,7 @@ def _task_retried(sender=None, reason=None, **kwargs):
 @signals.task_failure.connect
 def _task_failed(sender=None, exception=None, **kwargs):
     metrics.EXCEPTIONS.labels(type(cause_of(exception)).__name__, "worker").inc()
+    sentry.task_failed(exception)
 
 
 @signals.worker_ready.connect

@@ -77,9 +77,15 @@ def init(dsn: str | None = None, *, django: bool = True, **overrides) -> bool:
                 if django and tracing
                 else []
             ),
-            # Trace headers on every task: a worker's error event joins the trace of the
-            # request that queued the job, with or without tracing.
-            CeleryIntegration(propagate_traces=True, monitor_beat_tasks=False),
+            # Only with tracing: trace headers on every task (a worker's error event joins
+            # the trace of the request that queued the job) cost a span per publish (the
+            # task, its sent event, each worker event) and a transaction per task, sampled
+            # or not. Errors-only, failures are reported by `task_failed` below.
+            *(
+                [CeleryIntegration(propagate_traces=True, monitor_beat_tasks=False)]
+                if tracing
+                else []
+            ),
             # Every request and task opens its own scope (request_scope, the Celery
             # integration): copying the submitting thread's scopes into gunicorn's thread
             # pool on every request would be wasted.
@@ -132,6 +138,27 @@ def _request_info(method: str, path: str):
         return event
 
     return processor
+
+
+def task_started(task_name: str) -> None:
+    """Errors-only worker: a pool child runs one task at a time, so a cleared scope per
+    task keeps one task's tags and breadcrumbs out of the next (the integration, when
+    tracing is on, opens a scope per task itself)."""
+    if sentry_sdk.is_initialized() and _without_celery_integration():
+        scope = sentry_sdk.get_isolation_scope()
+        scope.clear()
+        scope.set_tag("celery_task", task_name)
+
+
+def task_failed(exception: BaseException) -> None:
+    """A task that failed for good (retries exhausted, or an unexpected error): one event.
+    Retries never get here (Celery sends task_retry, not task_failure)."""
+    if sentry_sdk.is_initialized() and _without_celery_integration():
+        sentry_sdk.capture_exception(exception)
+
+
+def _without_celery_integration() -> bool:
+    return sentry_sdk.get_client().get_integration(CeleryIntegration) is None
 
 
 def tag(**tags) -> None:

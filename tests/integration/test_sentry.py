@@ -93,11 +93,13 @@ def sentry_worker(worker_factory, sentry_server):
     def start(**env):
         # Rate 0: tracing on in the worker, following each job's web sampling decision.
         return worker_factory(
-            SENTRY_DSN=sentry_server.dsn,
-            SENTRY_ENVIRONMENT="test",
-            SENTRY_RELEASE="stockflow-tests",
-            SENTRY_TRACES_SAMPLE_RATE="0",
-            **env,
+            **{
+                "SENTRY_DSN": sentry_server.dsn,
+                "SENTRY_ENVIRONMENT": "test",
+                "SENTRY_RELEASE": "stockflow-tests",
+                "SENTRY_TRACES_SAMPLE_RATE": "0",
+                **env,
+            }
         )
 
     return start
@@ -258,6 +260,42 @@ def test_job_failing_for_good_sends_one_tagged_grouped_event_linked_to_the_web_t
     assert (created.get("request") or {}).get("data", {}).get("name") in (None, "[redacted]"), (
         created.get("request")
     )
+
+
+def test_errors_only_worker_sends_one_tagged_event_per_job_failing_for_good_and_none_after(
+    client, token, sentry_server, sentry_worker, failing_paid_hook
+):
+    """The worker as production starts it (no SENTRY_TRACES_SAMPLE_RATE): Celery's
+    integration is not installed (a span per publish and a transaction per task, sampled
+    or not); stockflow reports a task failing for good itself, in a scope of its own."""
+    sentry_worker(SENTRY_TRACES_SAMPLE_RATE="")
+    failing_paid_hook("S-SENTRY-EO")
+    bad = failing_sale(client, "SNT-EO", "S-SENTRY-EO")
+    good = failing_sale(client, "SNT-EO-OK", "S-SENTRY-EO-OK")
+    rid = "sentry-errors-only-0001"
+
+    response = client.post(
+        f"/api/sales/{bad['id']}/transition", json={"to_status": "paid"}, headers=pii_headers(rid)
+    )
+    job = ok(response, 202)["job"]
+    assert wait_for_job(client, job["id"])["status"] == "failed"
+    # The next job in the same worker succeeds: no event, and no tags carried over.
+    good_job = pay(client, good["id"])
+    assert wait_for_job(client, good_job["id"])["status"] == "succeeded"
+
+    sentry_server.wait_for(error_events, timeout=10)
+    time.sleep(QUIET_SECONDS)
+    events = error_events(sentry_server)
+    assert len(events) == 1, [e.get("exception") for e in events]
+    event = events[0]
+    tags = event["tags"]
+    assert tags["request_id"] == rid
+    assert tags["job_id"] == job["id"]
+    assert tags["celery_task"] == TASK
+    assert tags["job_kind"] == "sale.paid"
+    assert event["fingerprint"] == ["job-failed", TASK, "sale.paid", "ProgrammingError"]
+    assert not sentry_server.transactions(), "errors only: no transaction is sent"
+    assert_no_personal_data(sentry_server, token, kinds=("event",))
 
 
 def assert_no_personal_data(

@@ -110,7 +110,7 @@ def test_cycle_finder_finds_a_loop_and_only_the_loop():
 
 def test_the_graph_sees_the_layers():
     graph = import_graph()
-    assert "stockflow.stock.services.outbox" in graph["tasks.jobs"]
+    assert "stockflow.stock.services.runner" in graph["tasks.jobs"]
     assert "workers.celery" in graph["workers.publish"]
 
 

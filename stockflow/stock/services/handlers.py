@@ -8,7 +8,7 @@ HANDLERS = {
     Job.Kind.SALE_PAID: payment.pay,
     Job.Kind.SALE_REFUND: refund.refund,
 }
-# Kinds settled many jobs per transaction (outbox.run); refunds stay one per transaction.
+# Kinds settled many jobs per transaction (runner.run); refunds stay one per transaction.
 BATCH_HANDLERS = {
     Job.Kind.SALE_PAID: payment.pay_batch,
 }
