@@ -2,15 +2,18 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | cksum | cut -d' ' -f1)
 PORT  ?= 8000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install run test test-unit test-integration test-system lint demo check-ledger services-stop lock exporter-install exporter-lock check-monitoring monitoring-live bench chaos
 
-$(STAMP): requirements.lock pyproject.toml
+# requirements.lock: what the service runs on (the image installs only that);
+# requirements-dev.lock: the same pins plus the test tools and the embedded servers.
+# Both carry hashes: pip refuses a wheel that is not the one locked.
+$(STAMP): requirements-dev.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -22,10 +25,12 @@ run: install exporter-install
 	$(PY) manage.py collectstatic --noinput -v0
 	@echo
 	@echo "  stockflow API:  http://127.0.0.1:$(PORT)/api/   (docs: /api/docs, OpenAPI: /api/openapi.json)"
+	@echo "  console:        http://127.0.0.1:$(PORT)/console/   (staff login: $(PY) manage.py createsuperuser)"
+	@echo "  Flower:         http://127.0.0.1:$${FLOWER_PORT:-5555}/   Grafana (compose only): http://127.0.0.1:3000/"
 	@echo "  get a token:    $(PY) manage.py create_api_token my-name   (last line printed)"
 	@echo "  try it:         make demo"
 	@echo
-	exec honcho start --procfile Procfile --port $(PORT)
+	exec honcho start --procfile Procfile --port $(PORT) web worker beat flower exporter  # release ran above (migrate)
 
 ## The whole test suite, tier by tier (what .ci/run calls).
 test: test-unit test-integration test-system
@@ -68,7 +73,11 @@ services-stop: install
 
 ## Re-resolve the lock file from pyproject.toml (needs network).
 lock:
-	$(PY) -m pip install --quiet uv && $(VENV)/bin/uv pip compile pyproject.toml --extra test -o requirements.lock --python-version 3.11
+	$(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	  --custom-compile-command "make lock" -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra local --extra test -c requirements.lock \
+	  --generate-hashes --python-version 3.11 --custom-compile-command "make lock" -o requirements-dev.lock
 
 ## celery-exporter's own venv (.venv-exporter) from exporter/requirements.lock.
 exporter-install:

@@ -19,6 +19,7 @@ def needs_services(argv: list[str]) -> bool:
 
 if __name__ == "__main__":
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ["STOCKFLOW_PROCESS"] = "manage"  # its database timeouts (config/settings.py)
     if needs_services(sys.argv):
         from harness.embedded import ensure_services
 

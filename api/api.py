@@ -1,8 +1,13 @@
 """The NinjaAPI instance: authentication, the error contract, the OpenAPI document."""
 
+import functools
+
+import psycopg.errors
 import sentry_sdk
 import structlog
 from django import db
+from django.conf import settings
+from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404
 from ninja import NinjaAPI
@@ -34,6 +39,19 @@ _RETRY_AFTER = {
 }
 
 
+def _docs_access(view):
+    """As cookiecutter-django does: the interactive docs and the OpenAPI document are for
+    logged-in staff in production (API_DOCS_STAFF_ONLY), read at each request."""
+    staff_only = staff_member_required(view)
+
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        guarded = staff_only if settings.API_DOCS_STAFF_ONLY else view
+        return guarded(request, *args, **kwargs)
+
+    return wrapper
+
+
 class StockflowAPI(NinjaAPI):
     def get_openapi_schema(self, *args, **kwargs):
         """The response headers every caller relies on, declared (django-ninja has no
@@ -61,6 +79,7 @@ api = StockflowAPI(
     docs_url="/api/docs",
     openapi_url="/api/openapi.json",
     parser=StrictParser(),
+    docs_decorator=_docs_access,
 )
 
 
@@ -106,6 +125,9 @@ def _unauthorized(request, exc):
 
 @api.exception_handler(HttpError)
 def _http_error(request, exc: HttpError):
+    if isinstance(exc.__cause__, DomainError):
+        # Refused by the body parser (e.g. 415): django-ninja wraps that in a 400.
+        return _domain_error(request, exc.__cause__)
     code = code_for_status(exc.status_code)
     return error_response(request, code, str(exc.message), status=exc.status_code)
 
@@ -125,9 +147,20 @@ def _suspicious(request, exc):
     return error_response(request, ErrorCode.MALFORMED, "request refused")
 
 
+# The web's lock_timeout / statement_timeout (config/settings.py) firing: another
+# transaction holds a row this request needs. Nothing was written; retrying (with the same
+# Idempotency-Key) is safe.
+_BUSY = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
+
+
 @api.exception_handler(db.OperationalError)
 @api.exception_handler(db.InterfaceError)
 def _database_down(request, exc):
+    if isinstance(exc.__cause__, _BUSY):
+        logger.warning("http.database_busy", exception_type=type(exc.__cause__).__name__)
+        return error_response(
+            request, ErrorCode.BUSY, "busy, retry later", headers={"Retry-After": "1"}
+        )
     logger.warning("http.database_unavailable", exception_type=type(exc).__name__)
     return error_response(
         request,
@@ -160,7 +193,8 @@ def _unexpected(request, exc):
     )
 
 
-from api import public, routes  # noqa: E402
+from api import job_routes, public, routes  # noqa: E402
 
 api.add_router("/api/", routes.router)
+api.add_router("/api/", job_routes.router)
 api.add_router("/public/", public.router)

@@ -21,8 +21,14 @@ _scrape_time = exposition.scrape_time_registry(
 def metrics_view(request):
     """GET /metrics with `Authorization: Bearer $METRICS_TOKEN`; refused when no token is configured."""
     expected = settings.METRICS_TOKEN
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+    # Exactly `Bearer <token>` (the scheme case-insensitive, as RFC 7235 has it): a bare
+    # token, or one under another scheme, is refused.
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if (
+        not expected
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(given.encode(), expected.encode())
+    ):
         return HttpResponse(
             "metrics need a bearer token (METRICS_TOKEN)\n",
             status=401,

@@ -1,5 +1,6 @@
 """Model -> response body. One function per resource, shared by every route."""
 
+from stockflow.leads.models import Lead
 from stockflow.stock.models import Job, Sale, StockMove, StockOnHand
 from stockflow.stock.services import refund
 
@@ -71,4 +72,16 @@ def sale(s: Sale) -> dict:
             }
             for m in moves.select_related("batch", "refund_line").order_by("id")
         ],
+    }
+
+
+def lead(item: Lead) -> dict:
+    return {
+        "id": item.pk,
+        "name": item.name,
+        "email": item.email,
+        "phone": item.phone,
+        "message": item.message,
+        "source": item.source,
+        "created_at": item.created_at,
     }

@@ -10,7 +10,7 @@ from stockflow.leads import services as leads
 from stockflow.observability import metrics
 from stockflow.platform.errors import DomainError, ErrorCode
 
-from .parser import StrictParser
+from .parser import BodyRefused, StrictParser
 from .schemas import ErrorOut, LeadCreated, LeadIn
 
 router = Router(auth=None)
@@ -20,7 +20,14 @@ _BODY = {"content": {"application/json": {"schema": LeadIn.model_json_schema()}}
 
 @router.post(
     "/leads",
-    response={201: LeadCreated, 400: ErrorOut, 422: ErrorOut, 429: ErrorOut, 503: ErrorOut},
+    response={
+        201: LeadCreated,
+        400: ErrorOut,
+        415: ErrorOut,
+        422: ErrorOut,
+        429: ErrorOut,
+        503: ErrorOut,
+    },
     tags=["public"],
     openapi_extra={"requestBody": _BODY},
     summary="Anonymous contact form; throttled per client (2/min, 10/hour)",
@@ -52,9 +59,13 @@ def _create_lead(request: HttpRequest):
         raise ValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         ) from None
-    except ValueError:  # not JSON, or NUL characters
+    except ValueError as exc:  # not JSON, NUL characters, nested too deeply
         metrics.LEADS_REQUESTS.labels("invalid").inc()
-        raise DomainError(ErrorCode.MALFORMED, "body is not valid JSON") from None
+        message = str(exc) if isinstance(exc, BodyRefused) else "body is not valid JSON"
+        raise DomainError(ErrorCode.MALFORMED, message) from None
+    except DomainError:  # not sent as JSON (415)
+        metrics.LEADS_REQUESTS.labels("invalid").inc()
+        raise
     lead = leads.create_lead(
         request.lead_client, body.name, body.email, body.phone or "", body.message, body.source
     )

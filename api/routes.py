@@ -1,6 +1,5 @@
 """The operations of /api/: parse, authorize, call one service, answer."""
 
-import uuid
 from typing import Annotated
 
 from django.db import transaction
@@ -10,17 +9,16 @@ from ninja.responses import Status
 
 from stockflow.accounts import scopes
 from stockflow.leads.models import Lead
-from stockflow.platform.errors import DomainError, ErrorCode
 from stockflow.stock.models import Job, Sale
 from stockflow.stock.services import inventory, payment, refund, sales
 
 from . import presenters
 from .access import audited, scoped
+from .pagination import CursorParam, PageSize, page
 from .schemas import (
     ErrorOut,
     JobAccepted,
-    JobOut,
-    LeadOut,
+    LeadPage,
     ProductIn,
     ProductOut,
     ReceiptIn,
@@ -28,12 +26,12 @@ from .schemas import (
     RefundIn,
     SaleIn,
     SaleOut,
-    StockRowOut,
+    StockPage,
     TransitionIn,
 )
 
 router = Router()
-ERRORS = dict.fromkeys((400, 401, 403, 404, 409, 413, 422, 503), ErrorOut)
+ERRORS = dict.fromkeys((400, 401, 403, 404, 409, 413, 415, 422, 503), ErrorOut)
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", default=None, max_length=128)
 ]
@@ -56,7 +54,7 @@ def create_product(request: HttpRequest, body: ProductIn):
 
 @router.post("/receipts", response={201: ReceiptOut, **ERRORS}, tags=["stock"])
 @scoped(scopes.STOCK_WRITE)
-def create_receipt(request: HttpRequest, body: ReceiptIn):
+def create_receipt(request: HttpRequest, body: ReceiptIn, idempotency_key: IdempotencyKey = None):
     move, on_hand = inventory.receive_stock(
         body.sku,
         body.location,
@@ -64,6 +62,7 @@ def create_receipt(request: HttpRequest, body: ReceiptIn):
         body.expires_on,
         body.quantity,
         request_id=request.request_id,
+        idempotency_key=idempotency_key,
     )
     batch = move.batch
     return Status(
@@ -81,14 +80,25 @@ def create_receipt(request: HttpRequest, body: ReceiptIn):
     )
 
 
-@router.get("/stock", response={200: list[StockRowOut], **ERRORS}, tags=["stock"])
+@router.get("/stock", response={200: StockPage, **ERRORS}, tags=["stock"])
 @scoped(scopes.READ)
 def list_stock(
     request: HttpRequest,
     sku: Annotated[str | None, Query(max_length=64)] = None,
     location: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: CursorParam = None,
+    page_size: PageSize = None,
 ):
-    return Status(200, [presenters.stock_row(row) for row in inventory.stock_levels(sku, location)])
+    """On-hand per batch, in receipt order (batch id)."""
+    rows = page(
+        request,
+        inventory.stock_levels(sku, location),
+        ordering=("batch_id",),
+        cursor=cursor,
+        page_size=page_size,
+        present=presenters.stock_row,
+    )
+    return Status(200, rows)
 
 
 @router.post("/sales", response={201: SaleOut, **ERRORS}, tags=["sales"])
@@ -158,37 +168,16 @@ def create_refund(
     return _accepted(response, job)
 
 
-@router.get("/jobs/{uuid:job_id}", response={200: JobOut, **ERRORS}, tags=["jobs"])
-@scoped(scopes.READ)
-def get_job(request: HttpRequest, job_id: uuid.UUID):
-    job = Job.objects.filter(pk=job_id).first()
-    if job is None:
-        raise DomainError(ErrorCode.NOT_FOUND, f"job {job_id} not found")
-    return Status(200, presenters.job(job))
-
-
-@router.get("/leads", response={200: list[LeadOut], **ERRORS}, tags=["leads"])
+@router.get("/leads", response={200: LeadPage, **ERRORS}, tags=["leads"])
 @scoped(scopes.LEADS_READ)
-def list_leads(
-    request: HttpRequest,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
-):
-    leads = Lead.objects.order_by("-id")
-    if before_id:
-        leads = leads.filter(id__lt=before_id)
-    return Status(
-        200,
-        [
-            {
-                "id": lead.pk,
-                "name": lead.name,
-                "email": lead.email,
-                "phone": lead.phone,
-                "message": lead.message,
-                "source": lead.source,
-                "created_at": lead.created_at,
-            }
-            for lead in leads[:limit]
-        ],
+def list_leads(request: HttpRequest, cursor: CursorParam = None, page_size: PageSize = None):
+    """Newest first."""
+    leads = page(
+        request,
+        Lead.objects.all(),
+        ordering=("-id",),
+        cursor=cursor,
+        page_size=page_size,
+        present=presenters.lead,
     )
+    return Status(200, leads)

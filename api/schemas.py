@@ -10,10 +10,18 @@ from pydantic import StrictInt, StrictStr, model_validator
 Code = Annotated[
     StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 ]
-Quantity = Annotated[StrictInt, Field(gt=0, le=1_000_000)]
+# The most units one receipt, sale line or refund line may carry (more is 422). Quantities
+# are 64-bit in the database; with this bound every single move also fits 32 bits, and a
+# batch's on-hand would need 9 billion maximal receipts to overflow.
+MAX_QUANTITY_PER_LINE = 1_000_000_000
+Quantity = Annotated[
+    StrictInt,
+    Field(gt=0, le=MAX_QUANTITY_PER_LINE, description=f"1 to {MAX_QUANTITY_PER_LINE:_} units"),
+]
+# ASCII digits only: `\d` would also take "١٢" (Arabic-Indic), which Decimal reads as 12.
 Money = Annotated[
     StrictStr,
-    Field(pattern=r"^\d{1,10}(\.\d{1,2})?$", description='decimal as a string, e.g. "12.50"'),
+    Field(pattern=r"^[0-9]{1,10}(\.[0-9]{1,2})?$", description='decimal as a string, e.g. "12.50"'),
 ]
 
 
@@ -133,8 +141,29 @@ class JobOut(Schema):
     finished_at: datetime.datetime | None
 
 
+class JobFilters(Schema):
+    status: Literal["queued", "running", "succeeded", "failed"] | None = None
+    kind: Literal["sale.paid", "sale.refund"] | None = None
+    error_code: Annotated[str, Field(max_length=32)] | None = None
+    sale_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
+    request_id: Annotated[str, Field(max_length=128)] | None = None
+    created_after: datetime.datetime | None = None
+    created_before: datetime.datetime | None = None
+
+
 class JobAccepted(Schema):
     job: JobOut
+
+
+class Page(Schema):
+    """A page of a list endpoint (api/pagination.py): the other pages' URLs, null at an end."""
+
+    next: str | None
+    previous: str | None
+
+
+class JobPage(Page):
+    results: list[JobOut]
 
 
 class RefundLineIn(Schema):
@@ -178,3 +207,11 @@ class LeadOut(Schema):
     message: str
     source: str
     created_at: datetime.datetime
+
+
+class StockPage(Page):
+    results: list[StockRowOut]
+
+
+class LeadPage(Page):
+    results: list[LeadOut]

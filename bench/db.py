@@ -19,6 +19,7 @@ from django.db import connection
 from django.db.models import Count, Max, Min
 
 from harness.loadgen import latency_summary
+from harness.progress import Progress
 from stockflow.stock.models import Job, Location, Product, Sale, SaleLine
 from stockflow.stock.services import inventory
 
@@ -69,8 +70,8 @@ def flash_outcome(sku: str, sale_ids: list[int], first_n: int) -> dict:
     with connection.cursor() as c:
         c.execute(
             """SELECT b.lot, b.expires_on, oh.quantity,
-                      COALESCE(SUM(m.quantity) FILTER (WHERE m.kind = 'RECEIPT'), 0),
-                      COALESCE(-SUM(m.quantity) FILTER (WHERE m.kind = 'SALE_OUT'), 0)
+                      COALESCE(SUM(m.quantity) FILTER (WHERE m.kind = 'RECEIPT'), 0)::bigint,
+                      COALESCE(-SUM(m.quantity) FILTER (WHERE m.kind = 'SALE_OUT'), 0)::bigint
                FROM inventory_batch b JOIN inventory_product p ON p.id = b.product_id
                JOIN inventory_stockonhand oh ON oh.batch_id = b.id
                LEFT JOIN inventory_stockmove m ON m.batch_id = b.id
@@ -136,9 +137,12 @@ def wait_jobs(sale_ids: list[int], expected: int, timeout: float) -> bool:
     """Poll until `expected` PAID jobs of these sales are finished. False on timeout."""
     qs = paid_jobs(sale_ids)
     deadline = time.monotonic() + timeout
+    progress = Progress("  jobs finished", expected)
     while time.monotonic() < deadline:
-        if qs.filter(status__in=Job.TERMINAL).count() >= expected:
+        finished = qs.filter(status__in=Job.TERMINAL).count()
+        if finished >= expected:
             return True
+        progress.update(finished)
         time.sleep(0.1)
     return False
 

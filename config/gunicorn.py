@@ -4,7 +4,9 @@ import os
 
 from stockflow.observability.logging import logging_dict
 
-bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+# Loopback unless told otherwise: in production a buffering proxy (nginx) sits in front
+# (README, "Running behind a proxy"); compose sets BIND_HOST=0.0.0.0 inside its container.
+bind = f"{os.environ.get('BIND_HOST') or '127.0.0.1'}:{os.environ.get('PORT') or '8000'}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 timeout = 30

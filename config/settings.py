@@ -10,11 +10,13 @@ Logging, tracing and Sentry are set up once per process by the entry point
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 
 from config.env import env_bool, env_int, env_list, env_networks
+from config.guards import check_production, proxy_ssl_header
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Unset: sockets that cannot exist, so the first connection fails at once and says why.
@@ -24,11 +26,11 @@ UNSET_REDIS_URL = "unix:///nonexistent/set-REDIS_URL"
 DEBUG = env_bool("DJANGO_DEBUG")
 # production: HTTPS-only cookies, HSTS, SSL redirect; `manage.py check --deploy` passes.
 PRODUCTION = os.environ.get("STOCKFLOW_ENV", "development") == "production"
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
-if not SECRET_KEY:
-    if PRODUCTION:
-        raise RuntimeError("DJANGO_SECRET_KEY must be set when STOCKFLOW_ENV=production")
-    SECRET_KEY = "django-insecure-dev-only-stockflow-key"  # dev and tests only
+if PRODUCTION:
+    # Debug on, no secret key, a .env.example placeholder left, no hosts: refuse to start.
+    check_production(os.environ)
+# Unset (refused in production): a fixed key, for development and tests only.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "django-insecure-dev-only-stockflow-key"
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "" if PRODUCTION else "*")
 
 INSTALLED_APPS = [
@@ -38,6 +40,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.admin",
+    "ninja",  # Swagger UI's JS and CSS served from our static files, not a CDN (/api/docs offline)
+    "axes",  # admin/console login lockout
     "django_structlog",
     "stockflow.accounts",
     "stockflow.stock",
@@ -58,6 +62,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Console and admin: the database down is a 503 page, not a 500 (the API has its own).
+    "api.console.unavailable.DatabaseUnavailableMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into its 429 answer
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -92,6 +99,45 @@ DATABASES = {
     )
 }
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
+
+
+# Bounded waits: no statement waits for a row lock, or runs, without limit. The web's are
+# short (a held row answers 503 `busy` with Retry-After instead of holding a thread), and
+# every Django process but these two gets them (the tests too). Worker processes swap in
+# theirs (workers/signals.py, before the pool forks): longer, but below
+# CELERY_TASK_SOFT_TIME_LIMIT, so a lock wait ends as a retried `lock_timeout`, never as
+# SoftTimeLimitExceeded. manage.py (migrate, check_ledger on a big ledger) runs statements
+# as long as they take (0: no limit) and waits a little longer for locks.
+DB_TIMEOUTS_BY_ROLE = {
+    role: f"-c lock_timeout={lock_ms} -c statement_timeout={statement_ms}"
+    for role, lock_ms, statement_ms in (
+        ("web", env_int("DB_LOCK_TIMEOUT_MS", 1500), env_int("DB_STATEMENT_TIMEOUT_MS", 5000)),
+        (
+            "worker",
+            env_int("WORKER_DB_LOCK_TIMEOUT_MS", 5000),
+            env_int("WORKER_DB_STATEMENT_TIMEOUT_MS", 30000),
+        ),
+        (
+            "manage",
+            env_int("MANAGE_DB_LOCK_TIMEOUT_MS", 10000),
+            env_int("MANAGE_DB_STATEMENT_TIMEOUT_MS", 0),
+        ),
+    )
+}
+# client_connection_check_interval: a backend whose client died (a worker child killed at
+# its hard time limit) ends its transaction within a second, even mid-statement, instead of
+# holding its rows until the statement ends. DATABASE_URL's own `options`, then PGOPTIONS
+# (which libpq would otherwise ignore), come last: they win.
+DATABASES["default"]["OPTIONS"]["options"] = " ".join(
+    part
+    for part in (
+        DB_TIMEOUTS_BY_ROLE["manage" if os.environ.get("STOCKFLOW_PROCESS") == "manage" else "web"],
+        "-c client_connection_check_interval=1000",
+        DATABASES["default"]["OPTIONS"].get("options", ""),
+        os.environ.get("PGOPTIONS", ""),
+    )
+    if part
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL") or UNSET_REDIS_URL
@@ -117,8 +163,10 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True
+# Believe X-Forwarded-Proto only when a TLS-terminating proxy that sets it is declared:
+# otherwise any client could claim https itself.
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header(os.environ.get("SECURE_PROXY_SSL_HEADER", ""))
 if PRODUCTION:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")  # TLS ends at the proxy
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SECURE_REDIRECT_EXEMPT = [
         r"^healthz$",
@@ -132,12 +180,30 @@ if PRODUCTION:
     CSRF_COOKIE_SECURE = True
     CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
+# --- admin and console login lockout (django-axes, counted in PostgreSQL) ----------------
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair before any check
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Per username AND client address: per username alone anyone could lock staff out of the
+# console during an incident; per address alone an office behind one NAT shares a budget.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
+AXES_RESET_ON_SUCCESS = True  # a typo or two before the right password starts afresh
+# The lead form's rule: X-Forwarded-For only from TRUSTED_PROXIES.
+AXES_CLIENT_IP_CALLABLE = "stockflow.leads.throttle.client_ip"
+AXES_DISABLE_ACCESS_LOG = True  # failures only: no table of every staff login's address
+# Operators unlock with manage.py (README); the admin would add three pages, two always empty.
+AXES_ENABLE_ADMIN = False
+
 # --- observability --------------------------------------------------------------------
 # Logging is configured by stockflow.observability.bootstrap, once per process, not by Django.
 LOGGING_CONFIG = None
 DJANGO_STRUCTLOG_CELERY_ENABLED = True
 # One line per task outcome (task_succeeded / task_failed, with the duration): task_started
-# would add a line per job saying only that the outcome line is coming.
+# would add a line per job saying only that the outcome line is coming. (Periodic tasks
+# that did nothing are quiet too: stockflow.observability.logging.quiet_success.)
 DJANGO_STRUCTLOG_CELERY_TASK_START_LOG_LEVEL = 10  # logging.DEBUG
 DJANGO_STRUCTLOG_IP_LOGGING_ENABLED = False  # an IP address is personal data
 DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True  # RequestIdMiddleware sanitized it first
@@ -146,6 +212,11 @@ DJANGO_STRUCTLOG_USER_ID_FIELD = None
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # A verified API token is trusted this long per process: a revocation reaches other processes within it.
 API_TOKEN_CACHE_SECONDS = env_int("API_TOKEN_CACHE_SECONDS", 5)
+# /api/docs (Swagger UI) only for logged-in staff: on by default in production.
+API_DOCS_STAFF_ONLY = env_bool("API_DOCS_STAFF_ONLY", PRODUCTION)
+# List endpoints (GET /api/jobs, /api/stock, /api/leads): rows per page, and the most a client may ask for.
+API_PAGE_SIZE = env_int("API_PAGE_SIZE", 50)
+API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500)
 
 # --- public lead form ------------------------------------------------------------------
 LEADS_PER_MINUTE = env_int("LEADS_PER_MINUTE", 2)
@@ -215,6 +286,17 @@ CELERY_TASK_SEND_SENT_EVENT = env_bool("CELERY_TASK_SEND_SENT_EVENT", True)
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", True)
 CELERY_TASK_TRACK_STARTED = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Periodic work has its own queue, consumed by every worker (bin/worker's default -Q):
+# behind a backlog of jobs on the default queue it would wait past its expiry and never run,
+# and a job whose message was lost would wait for the whole backlog. Each run expires after
+# one interval: by then the next one is on its way.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+PERIODIC_TASK_QUEUE = "stockflow.periodic"
+CELERY_TASK_ROUTES = {
+    "stockflow.reconcile_jobs": {"queue": PERIODIC_TASK_QUEUE},
+    "stockflow.check_ledger": {"queue": PERIODIC_TASK_QUEUE},
+}
+LEDGER_CHECK_INTERVAL_SECONDS = env_int("LEDGER_CHECK_INTERVAL_SECONDS", 300)
 CELERY_BEAT_SCHEDULE = {
     "reconcile-jobs": {
         "task": "stockflow.reconcile_jobs",
@@ -223,6 +305,12 @@ CELERY_BEAT_SCHEDULE = {
     },
     "check-ledger": {
         "task": "stockflow.check_ledger",
-        "schedule": float(env_int("LEDGER_CHECK_INTERVAL_SECONDS", 300)),
+        "schedule": float(LEDGER_CHECK_INTERVAL_SECONDS),
+        "options": {"expires": float(LEDGER_CHECK_INTERVAL_SECONDS)},
     },
 }
+# A message the worker cannot decode is set aside here (workers/poison.py), the newest
+# BROKER_DEAD_LETTER_MAX_LENGTH kept (0: counted and logged only), and never stops the worker.
+CELERY_WORKER_CONSUMER = "workers.consumer:Consumer"
+BROKER_DEAD_LETTER_KEY = "stockflow:dead-letter"
+BROKER_DEAD_LETTER_MAX_LENGTH = env_int("BROKER_DEAD_LETTER_MAX_LENGTH", 1000)

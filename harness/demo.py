@@ -2,8 +2,10 @@
 
     python -m harness.demo --url http://127.0.0.1:8000 [--token sf_...]
 
-Without --token it makes one with `manage.py create_api_token demo` (same environment as
-this process, so the same database as the running system). Prints every job and stock move.
+Without --token it makes a short-lived one with `manage.py create_api_token` (same
+environment as this process, so the same database as the running system), scoped to what
+the walk needs, and revokes it at the end, whatever happened. Prints every job and stock
+move.
 """
 
 from __future__ import annotations
@@ -25,17 +27,24 @@ class DemoError(Exception):
     pass
 
 
-def create_token(name: str = "demo") -> str:
+DEMO_SCOPES = "sales:write,refunds:write,stock:write,read"
+
+
+def _manage(*args: str) -> str:
     out = subprocess.run(
-        [PY, str(ROOT / "manage.py"), "create_api_token", name],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [PY, str(ROOT / "manage.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     if out.returncode:
-        raise DemoError(f"manage.py create_api_token failed: {out.stderr.strip()[-800:]}")
-    return out.stdout.strip().splitlines()[-1]
+        raise DemoError(f"manage.py {args[0]} failed: {out.stderr.strip()[-800:]}")
+    return out.stdout.strip()
+
+
+def create_token(name: str) -> str:
+    return _manage("create_api_token", name, "--scopes", DEMO_SCOPES).splitlines()[-1]
+
+
+def revoke_token(name: str) -> None:
+    _manage("revoke_api_token", name)
 
 
 def say(text: str) -> None:
@@ -66,7 +75,7 @@ def show_job(http: Client, job: dict) -> None:
 
 
 def show_stock(http: Client, sku: str) -> None:
-    rows = ok(api.stock(http, sku=sku))
+    rows = ok(api.stock(http, sku=sku))["results"]
     print(
         "  stock: "
         + ", ".join(
@@ -111,7 +120,9 @@ def demo(http: Client) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser("python -m harness.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
-    ap.add_argument("--token", help="API bearer token; default: a new one named 'demo'")
+    ap.add_argument(
+        "--token", help="API bearer token; default: a new one for this run, revoked at its end"
+    )
     args = ap.parse_args(argv)
     try:
         with Client(args.url, timeout=10) as probe:
@@ -119,10 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     except httpx.HTTPError as exc:
         print(f"no stockflow at {args.url} ({exc}); start it with `make run`", file=sys.stderr)
         return 1
+    own = None if args.token else f"demo-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     try:
-        token = args.token or create_token()
-        with Client(args.url, token, timeout=10, request_id_prefix="demo") as http:
-            demo(http)
+        token = args.token or create_token(own)
+        try:
+            with Client(args.url, token, timeout=10, request_id_prefix="demo") as http:
+                demo(http)
+        finally:
+            if own:
+                revoke_token(own)  # no all-powerful token left behind by a demo
     except (DemoError, httpx.HTTPError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from harness.client import async_client
+from harness.progress import Progress
 
 BATCHES_PER_SKU = 5
 TERMINAL = ("succeeded", "failed")
@@ -524,16 +525,34 @@ async def run(opts: dict) -> dict:
         }
         | {"count": count, "mode": "open-loop" if opts["rate"] > 0 else "closed-loop"},
     }
-    if opts["setup"]:
-        result["setup"] = await w.setup(count, opts["stock_per_batch"])
-    t = time.monotonic()
-    sale_ids = await w.create_sales(count, opts["concurrency"])
-    result["sales_created"] = {"count": len(sale_ids), "seconds": round(time.monotonic() - t, 2)}
-    samples, gen = await w.pay(sale_ids, opts["rate"], opts["concurrency"])
-    result["transitions"] = summarize(samples, opts["rate"] or None) | {"generator": gen}
-    if opts["wait_jobs"]:
-        job_ids = [s.body["job"]["id"] for s in samples if s.status == 202 and s.body]
-        result["jobs"] = await w.wait_jobs(job_ids, opts["job_timeout"])
+    phase = ["setup"]
+
+    async def tick():  # a progress line every few seconds on stderr (stdout is the JSON)
+        progress = Progress(f"loadgen ({count} sales)")
+        while True:
+            await asyncio.sleep(1)
+            progress.update(None, phase[0])
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        if opts["setup"]:
+            result["setup"] = await w.setup(count, opts["stock_per_batch"])
+        t = time.monotonic()
+        phase[0] = "creating sales"
+        sale_ids = await w.create_sales(count, opts["concurrency"])
+        result["sales_created"] = {
+            "count": len(sale_ids),
+            "seconds": round(time.monotonic() - t, 2),
+        }
+        phase[0] = "paying sales"
+        samples, gen = await w.pay(sale_ids, opts["rate"], opts["concurrency"])
+        result["transitions"] = summarize(samples, opts["rate"] or None) | {"generator": gen}
+        if opts["wait_jobs"]:
+            phase[0] = "waiting for jobs"
+            job_ids = [s.body["job"]["id"] for s in samples if s.status == 202 and s.body]
+            result["jobs"] = await w.wait_jobs(job_ids, opts["job_timeout"])
+    finally:
+        ticker.cancel()
     return result
 
 

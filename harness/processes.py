@@ -52,6 +52,7 @@ SCRUB = (
     "WEB_CONCURRENCY",
     "WEB_THREADS",
     "WORKER_CONCURRENCY",
+    "WORKER_QUEUES",  # bin/worker's default: the job queue and the periodic queue
     "CELERY_WORKER_SEND_TASK_EVENTS",
     "DB_CONN_MAX_AGE",
     "STOCKFLOW_STATE_DIR",

@@ -48,4 +48,5 @@ def pay_and_wait(client, sale_id: int) -> dict:
 
 def on_hand(client, sku: str) -> dict[str, int]:
     """{lot: on-hand} for one sku."""
-    return {row["lot"]: row["on_hand"] for row in ok(api.stock(client, sku=sku), 200)}
+    rows = ok(api.stock(client, sku=sku, page_size=500), 200)["results"]
+    return {row["lot"]: row["on_hand"] for row in rows}

@@ -24,3 +24,8 @@ JOB_QUEUED_LEASE_SECONDS = int(os.environ.get("JOB_QUEUED_LEASE_SECONDS", "5"))
 JOB_RUNNING_LEASE_SECONDS = int(os.environ.get("JOB_RUNNING_LEASE_SECONDS", "10"))
 
 METRICS_TOKEN = "test-metrics-token"
+
+# pytest-django empties the tables between transactional tests with TRUNCATE, which the
+# append-only tables refuse unless the session allows it (stock migration 0002).
+_options = DATABASES["default"].setdefault("OPTIONS", {})
+_options["options"] = f"{_options.get('options', '')} -c stockflow.allow_truncate=on".strip()

@@ -13,7 +13,8 @@ from datetime import datetime
 
 import structlog
 from celery import signals
-from django.db import close_old_connections
+from django.conf import settings
+from django.db import close_old_connections, connections
 from prometheus_client import start_http_server
 
 from stockflow.observability import logging as log_config
@@ -31,6 +32,18 @@ _OUTCOMES = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
 def _bootstrap_worker(**kwargs):
     # In the worker's main process, before the pool forks: every child inherits it.
     bootstrap("worker")
+    _worker_db_timeouts()
+
+
+def _worker_db_timeouts() -> None:
+    """The worker's lock and statement timeouts instead of the web's (config/settings.py),
+    for every connection this process and its children open; what follows them in the
+    options (DATABASE_URL's, PGOPTIONS) still wins."""
+    options = settings.DATABASES["default"]["OPTIONS"]
+    web, worker = settings.DB_TIMEOUTS_BY_ROLE["web"], settings.DB_TIMEOUTS_BY_ROLE["worker"]
+    current = options.get("options", "")
+    options["options"] = worker + current[len(web) :] if current.startswith(web) else current
+    connections.close_all()  # none should be open yet; one that is would keep the web's
 
 
 @signals.beat_init.connect

@@ -23,12 +23,15 @@ def _label(t: datetime.datetime, bucket: datetime.timedelta) -> str:
     )
 
 
-def _nice_max(n: int) -> int:
-    for step in (1, 2, 5):
-        for scale in (1, 10, 100, 1000, 10000, 100000):
+def _nice_max(n: float) -> int:
+    """The y-axis maximum: the smallest 1, 2 or 5 × 10^k that is ≥ n (at least 1), so the
+    tallest bar fills 50–100 % of the plot."""
+    scale = 1
+    while True:
+        for step in (1, 2, 5):
             if step * scale >= n:
                 return step * scale
-    return n
+        scale *= 10
 
 
 def stacked_bars(
@@ -38,9 +41,12 @@ def stacked_bars(
     width: int = 760,
     height: int = 180,
     title: str = "jobs",
+    tz: datetime.tzinfo = datetime.UTC,
+    zone_name: str = "UTC",
 ) -> SafeString:
-    """series: {bucket start: {status: count}} in time order."""
-    left, right, top, bottom = 40, 8, 10, 22
+    """series: {bucket start: {status: count}} in time order. Time labels are in `tz`
+    (a location's zone, named `zone_name`); each label's and bar's tooltip gives UTC too."""
+    left, right, top, bottom = 50, 8, 10, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     times = sorted(series)
     peak = max((sum(v.values()) for v in series.values()), default=0)
@@ -69,7 +75,7 @@ def stacked_bars(
         counts = series[t]
         x = left + i * slot + (slot - bar_w) / 2
         y = top + plot_h
-        tip = f"{_label(t, bucket)} UTC (per {unit}): " + ", ".join(
+        tip = f"{_both(t, bucket, tz, zone_name)} (per {unit}): " + ", ".join(
             f"{s} {counts.get(s, 0)}" for s, _ in SERIES
         )
         out.append(f'<g class="bar" data-bucket="{t.isoformat()}"><title>{escape(tip)}</title>')
@@ -87,18 +93,38 @@ def stacked_bars(
         out.append(
             f'<rect x="{x:.1f}" y="{top}" width="{bar_w:.1f}" height="{plot_h}" fill="transparent"/></g>'
         )
-    # x labels: first, middle, last bucket.
+    # x labels: first, middle, last bucket, in the zone; UTC on hover.
     if times:
         for i in sorted({0, len(times) // 2, len(times) - 1}):
             x = left + i * slot + slot / 2
             anchor = "start" if i == 0 else "end" if i == len(times) - 1 else "middle"
             out.append(
-                f'<text x="{x:.1f}" y="{height - 6}" text-anchor="{anchor}" font-size="10" fill="#555">'
-                f"{_label(times[i], bucket)}</text>"
+                f'<text class="x-label" x="{x:.1f}" y="{top + plot_h + 13}" text-anchor="{anchor}" '
+                f'font-size="10" fill="#555"><title>{escape(_both(times[i], bucket, tz, zone_name))}'
+                f"</title>{_label(times[i].astimezone(tz), bucket)}</text>"
             )
+    # Axis titles: what the bars count, and which clock the times are on.
+    out.append(
+        f'<text class="x-title" x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle" '
+        f'font-size="10" fill="#333">time ({escape(zone_name)}), one bar per {escape(unit)}</text>'
+    )
+    out.append(
+        f'<text class="y-title" x="10" y="{top + plot_h / 2:.1f}" text-anchor="middle" font-size="10" '
+        f'fill="#333" transform="rotate(-90 10 {top + plot_h / 2:.1f})">jobs</text>'
+    )
     out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#999"/>')
     out.append("</svg>")
     return mark_safe("".join(out))  # every interpolated text above is escaped or numeric
+
+
+def _both(
+    t: datetime.datetime, bucket: datetime.timedelta, tz: datetime.tzinfo, zone_name: str
+) -> str:
+    """`10:30 Europe/Paris = 09:30 UTC`: the zone's time first, UTC beside it."""
+    local = f"{_label(t.astimezone(tz), bucket)} {zone_name}"
+    if zone_name == "UTC":
+        return local
+    return f"{local} = {_label(t.astimezone(datetime.UTC), bucket)} UTC"
 
 
 def bucket_name(bucket: datetime.timedelta) -> str:

@@ -11,13 +11,14 @@ import datetime
 import math
 from dataclasses import dataclass, field
 
+import redis
 from django.db import connection
-from django.db.models import Case, Count, IntegerField, Value, When
+from django.db.models import Case, Count, IntegerField, Q, Sum, Value, When
 from django.utils import timezone
 
 from stockflow.platform.errors import BUSINESS_CODES, ErrorCode
 from stockflow.stock import invariants
-from stockflow.stock.models import Batch, Job, StockMove, StockOnHand
+from stockflow.stock.models import Job, Location, StockOnHand
 
 # ?window= values: (length, chart bucket). Buckets keep the chart at 15–60 bars.
 WINDOWS: dict[str, tuple[datetime.timedelta, datetime.timedelta]] = {
@@ -38,14 +39,34 @@ A2_TARGET = 0.999
 # backlog while they wait).
 A2_CREATED_LOOKBACK = datetime.timedelta(hours=24)
 SOON_DAYS = 30
-STOCK_ROWS_LIMIT = 500
-FAILURES_LIMIT = 50
+# Rows per page of the console's lists (each list pages on its own).
+STOCK_PAGE_SIZE = 100
+FAILURES_PAGE_SIZE = 50
+JOBS_PAGE_SIZE = 50
+# The stored ledger verdict is stale past this many check intervals (beat not running?).
+LEDGER_STALE_INTERVALS = 2
 
 PASS, FAIL, NO_DATA = "PASS", "FAIL", "NO DATA"
 
 
 def parse_window(value: str | None) -> str:
     return value if value in WINDOWS else DEFAULT_WINDOW
+
+
+def age(delta: datetime.timedelta) -> str:
+    exact = delta.total_seconds()
+    if exact < 1:
+        return f"{max(exact, 0) * 1000:.0f} ms"
+    if exact < 10:
+        return f"{exact:.1f} s"
+    seconds = int(exact)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
 def floor_pct(ratio: float) -> str:
@@ -120,15 +141,13 @@ def parse_code(value: str | None) -> str | None:
     return value if value in {c.value for c in ErrorCode} else None
 
 
-def failures(
-    since: datetime.datetime, code: str | None = None, limit: int = FAILURES_LIMIT
-) -> list[Job]:
-    """The latest failed jobs created in the window, optionally of one error code
-    (index range scan, newest first)."""
+def failures(since: datetime.datetime, code: str | None = None):
+    """The failed jobs created in the window, optionally of one error code, newest first
+    (index range scan; the caller pages it)."""
     qs = Job.objects.filter(status=Job.Status.FAILED, created_at__gte=since)
     if code:
         qs = qs.filter(error_code=code)
-    return list(
+    return (
         qs.select_related("sale")
         .only(
             "id",
@@ -142,7 +161,7 @@ def failures(
             "created_at",
             "finished_at",
         )
-        .order_by("-created_at")[:limit]
+        .order_by("-created_at", "-id")
     )
 
 
@@ -176,41 +195,52 @@ class Verdict:
 
 @dataclass
 class A1:
+    """Ledger consistency (A1: 0 oversell), as the periodic ledger check last found it:
+    read from storage, not computed per page view (the check scans the whole ledger)."""
+
     verdict: str
-    negative: list[tuple]
-    mismatched: list[tuple]
-    batches: int
-    moves: int
-    other_checks: dict[str, list[tuple]]
+    violations: int | None
+    checked_at: datetime.datetime | None
+    age: str = ""
+    stale: bool = False
+    unreadable: bool = False
 
     @property
     def figure(self) -> str:
-        def n(rows):  # invariants.check() keeps at most 20 rows per check
-            return f"{len(rows)}+" if len(rows) >= 20 else str(len(rows))
+        if self.unreadable:
+            return "the stored verdict cannot be read (Redis unreachable)"
+        if self.checked_at is None:
+            return "no ledger check has run yet"
+        n = self.violations or 0
+        figure = f"{n} violation{'' if n == 1 else 's'} of the ledger invariants"
+        return figure + (" (at most 20 counted per invariant)" if n else "")
 
-        return (
-            f"negative on-hand: {n(self.negative)} · on-hand ≠ Σ moves: {n(self.mismatched)} "
-            f"(checked {self.batches} batches, {self.moves} moves)"
-        )
 
-
-def a1(report: invariants.LedgerReport) -> A1:
-    """A1 flash-sale concurrency: 0 oversell — no negative on-hand, on-hand == Σ moves."""
-    negative = report.violations.get("on_hand_not_negative", [])
-    mismatched = report.violations.get("on_hand_equals_moves", [])
-    other = {
-        k: v
-        for k, v in report.violations.items()
-        if k not in ("on_hand_not_negative", "on_hand_equals_moves")
-    }
+def a1(now: datetime.datetime, interval_seconds: int) -> A1:
+    """The stored verdict of the last ledger check (beat's `check_ledger`, or the
+    console's "recompute now"), and its age."""
+    try:
+        state = invariants.last_verdict()
+    except redis.RedisError:
+        return A1(verdict=NO_DATA, violations=None, checked_at=None, unreadable=True)
+    if state is None:
+        return A1(verdict=NO_DATA, violations=None, checked_at=None)
+    violations, checked = int(state[0]), state[1]
+    checked_at = datetime.datetime.fromtimestamp(checked, tz=datetime.UTC)
     return A1(
-        verdict=FAIL if negative or mismatched else PASS,
-        negative=negative,
-        mismatched=mismatched,
-        batches=report.counts.get(Batch._meta.db_table, 0),
-        moves=report.counts.get(StockMove._meta.db_table, 0),
-        other_checks=other,
+        verdict=FAIL if violations else PASS,
+        violations=violations,
+        checked_at=checked_at,
+        age=age(now - checked_at),
+        stale=(now - checked_at).total_seconds() > LEDGER_STALE_INTERVALS * interval_seconds,
     )
+
+
+def record_check(report: invariants.LedgerReport) -> int:
+    """Store a check's verdict as the periodic task does; the number of violations."""
+    violations = sum(len(rows) for rows in report.violations.values())
+    invariants.record_verdict(violations)
+    return violations
 
 
 @dataclass
@@ -278,7 +308,8 @@ class A2:
 
 
 def a2(since: datetime.datetime, now: datetime.datetime | None = None) -> A2:
-    """A2 job resilience over sale.paid jobs finished in the window: one aggregate query."""
+    """Paid-transition success rate (A2, job resilience) over sale.paid jobs finished in the
+    window: one aggregate query."""
     now = now or timezone.now()
     retried = Case(
         When(attempts__gt=1, then=Value(1)), default=Value(0), output_field=IntegerField()
@@ -334,39 +365,23 @@ class StockRow:
         return {"expired": "expired", "soon": "soon"}.get(self.state, "")
 
 
-@dataclass
-class Stock:
-    rows: list[StockRow]
-    total_batches: int
-
-    @property
-    def truncated(self) -> bool:
-        return len(self.rows) < self.total_batches
-
-    def _sum(self, state):
-        rows = [r for r in self.rows if r.state == state and r.on_hand > 0]
-        return len(rows), sum(r.on_hand for r in rows)
-
-    @property
-    def expired(self):  # (batches with stock, units)
-        return self._sum("expired")
-
-    @property
-    def soon(self):
-        return self._sum("soon")
+def stock_on_hand():
+    """On-hand per batch in FEFO order (expiry first, never-expiring last; PostgreSQL sorts
+    NULL last on ascending order), batch id last so that pages never overlap."""
+    return StockOnHand.objects.select_related("batch__product", "batch__location").order_by(
+        "batch__expires_on",
+        "batch__product__sku",
+        "batch__location__code",
+        "batch__lot",
+        "batch_id",
+    )
 
 
-def stock(total_batches: int, limit: int = STOCK_ROWS_LIMIT) -> Stock:
-    """On-hand per batch in FEFO order (expiry first, never-expiring last). Expiry is
-    judged by each location's own calendar, as the FEFO allocator does."""
-    qs = (
-        StockOnHand.objects.select_related("batch__product", "batch__location").order_by(
-            "batch__expires_on", "batch__product__sku", "batch__location__code", "batch__lot"
-        )
-    )[:limit]  # PostgreSQL sorts NULL (never expires) last on ascending order
+def stock_rows(on_hand) -> list[StockRow]:
+    """Expiry is judged by each location's own calendar, as the FEFO allocator does."""
     today_of: dict[int, datetime.date] = {}
     rows = []
-    for soh in qs:
+    for soh in on_hand:
         b = soh.batch
         today = today_of.get(b.location_id)
         if today is None:
@@ -389,4 +404,36 @@ def stock(total_batches: int, limit: int = STOCK_ROWS_LIMIT) -> Stock:
                 state,
             )
         )
-    return Stock(rows=rows, total_batches=max(total_batches, len(rows)))
+    return rows
+
+
+@dataclass
+class StockSummary:
+    expired: tuple[int, int]  # (batches with stock, units)
+    soon: tuple[int, int]
+
+
+def stock_summary() -> StockSummary:
+    """Expired and soon-expiring stock over every batch (not one page), each location by
+    its own calendar: one query for the locations, one aggregate."""
+    expired, soon = Q(), Q()
+    for location in Location.objects.only("id", "timezone"):
+        today = location.today()
+        here = Q(batch__location_id=location.pk)
+        expired |= here & Q(batch__expires_on__lt=today)
+        soon |= here & Q(
+            batch__expires_on__gte=today,
+            batch__expires_on__lte=today + datetime.timedelta(days=SOON_DAYS),
+        )
+    if not expired:  # no location: no batch either
+        return StockSummary(expired=(0, 0), soon=(0, 0))
+    totals = StockOnHand.objects.filter(quantity__gt=0).aggregate(
+        expired_batches=Count("pk", filter=expired),
+        expired_units=Sum("quantity", filter=expired),
+        soon_batches=Count("pk", filter=soon),
+        soon_units=Sum("quantity", filter=soon),
+    )
+    return StockSummary(
+        expired=(totals["expired_batches"], totals["expired_units"] or 0),
+        soon=(totals["soon_batches"], totals["soon_units"] or 0),
+    )

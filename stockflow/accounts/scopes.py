@@ -5,5 +5,6 @@ REFUNDS_WRITE = "refunds:write"
 STOCK_WRITE = "stock:write"
 READ = "read"
 LEADS_READ = "leads:read"
+JOBS_OPERATE = "jobs:operate"  # retry / re-send jobs (operators, not API callers)
 
-ALL = (SALES_WRITE, REFUNDS_WRITE, STOCK_WRITE, READ, LEADS_READ)
+ALL = (SALES_WRITE, REFUNDS_WRITE, STOCK_WRITE, READ, LEADS_READ, JOBS_OPERATE)

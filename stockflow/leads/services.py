@@ -9,9 +9,11 @@ logger = structlog.get_logger("stockflow.domain")
 
 
 def check_throttle(request) -> throttle.Verdict:
-    client = throttle.client_hash(throttle.client_ip(request))
-    request.lead_client = client
-    verdict = throttle.hit(client)
+    ip = throttle.client_ip(request)
+    client = throttle.client_hash(ip)
+    request.lead_client = client  # stored with the lead: the client itself
+    # Counted per budget subject: an IPv6 client's whole /64 shares one budget.
+    verdict = throttle.hit(throttle.client_hash(throttle.budget_subject(ip)))
     if not verdict.allowed:
         metrics.LEADS_REQUESTS.labels("throttled").inc()
         metrics.LEADS_THROTTLED.labels(verdict.scope).inc()

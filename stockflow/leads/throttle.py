@@ -44,6 +44,21 @@ def _trusted(address: str) -> bool:
     return any(ip in net for net in settings.TRUSTED_PROXIES)
 
 
+def budget_subject(ip: str) -> str:
+    """Whom a budget belongs to: an IPv4 address, or an IPv6 client's /64. One IPv6
+    subscriber or host usually holds a whole /64, so counting per address would give
+    it 2^64 budgets. An IPv4-mapped IPv6 address counts as its IPv4 address."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip  # not an IP (e.g. a unix socket peer): counted as it is
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))  # zone id dropped
+    return str(address)
+
+
 def client_hash(ip: str) -> str:
     return hmac.new(settings.SECRET_KEY.encode(), ip.encode(), hashlib.sha256).hexdigest()[:16]
 

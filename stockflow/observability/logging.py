@@ -44,8 +44,21 @@ def _json(value) -> str:
 _REDUNDANT = frozenset({"request_started", "task_enqueued"})
 
 
+# Bound by a periodic task (the reconciler every few seconds): its task_succeeded line is
+# dropped, so an idle worker stays quiet. The task logs itself when it did something, and
+# celery_task_outcomes_total counts every run.
+QUIET_SUCCESS = "quiet_success"
+
+
+def quiet_success() -> None:
+    structlog.contextvars.bind_contextvars(**{QUIET_SUCCESS: True})
+
+
 def _drop_redundant(logger, method_name, event_dict):
-    if event_dict.get("event") in _REDUNDANT:
+    event = event_dict.get("event")
+    if event in _REDUNDANT or (
+        event == "task_succeeded" and structlog.contextvars.get_contextvars().get(QUIET_SUCCESS)
+    ):
         raise structlog.DropEvent
     return event_dict
 

@@ -126,6 +126,11 @@ TASK_RETRIES = Counter(
     "Task retries scheduled, by reason (deadlock|serialization|db_unavailable|broker|other).",
     ["task", "reason"],
 )
+MESSAGES_REJECTED = Counter(
+    "celery_messages_rejected_total",
+    "Broker messages a worker could not run and set aside (dead-letter list), by reason (undecodable|malformed|unknown_task|invalid_task).",
+    ["reason"],
+)
 
 # --- public leads (seed flow 3, web) --------------------------------------------------------
 LEADS_REQUESTS = Counter(

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.core import checks
 
 
 class StockConfig(AppConfig):
@@ -7,3 +8,8 @@ class StockConfig(AppConfig):
 
     name = "stockflow.stock"
     label = "stock"
+
+    def ready(self):
+        from .checks import stored_timezones_are_valid
+
+        checks.register(stored_timezones_are_valid, checks.Tags.database)

@@ -83,16 +83,20 @@ class LedgerReport:
         return not any(self.violations.values())
 
 
-def check() -> LedgerReport:
-    """Every check in one read-only transaction of its own (never nested in another)."""
+def check(on_step=None) -> LedgerReport:
+    """Every check in one read-only transaction of its own (never nested in another).
+    `on_step(name, done, total, seconds)` after each check: progress on a big ledger."""
     report = LedgerReport()
     with transaction.atomic(durable=True), connection.cursor() as cursor:
         # One snapshot for every query: a consistent picture even while workers write.
         # It must be the transaction's first statement.
         cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        for name, sql in CHECKS.items():
+        for done, (name, sql) in enumerate(CHECKS.items(), 1):
+            started = time.monotonic()
             cursor.execute(sql + " LIMIT 20")
             report.violations[name] = cursor.fetchall()
+            if on_step:
+                on_step(name, done, len(CHECKS), time.monotonic() - started)
         cursor.execute(UNFINISHED_JOBS)
         report.unfinished_jobs = dict(cursor.fetchall())
         for table in COUNTED:

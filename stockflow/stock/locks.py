@@ -27,10 +27,16 @@ _BATCH = Batch._meta.db_table
 _STOCK_ORDER = "b.product_id, b.expires_on ASC NULLS LAST, b.id"
 
 
-def job(job_id) -> Job | None:
+def job(job_id, *, lock_timeout_ms: int | None = None) -> Job | None:
+    """The job, locked. lock_timeout_ms (inside a transaction): wait at most this long for
+    another transaction's lock on it, then raise LockNotAvailable (wrapped in Django's
+    OperationalError), whatever the connection's own lock_timeout."""
     job_uuid = ids.as_uuid(job_id)
     if job_uuid is None:
         return None
+    if lock_timeout_ms is not None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [str(lock_timeout_ms)])
     found = sql.fetch(
         Job, f"SELECT {sql.columns(Job, 'j')} FROM {_JOB} j WHERE j.id = %s FOR UPDATE", [job_uuid]
     )

@@ -205,7 +205,7 @@ RECEIPT_CASES = [
         "expires_on",
     ),
     ({"sku": "BAD", "location": "MAIN", "quantity": 3}, "lot"),
-    ({"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": 10**7}, "quantity"),
+    ({"sku": "BAD", "location": "MAIN", "lot": "L2", "quantity": 10**9 + 1}, "quantity"),
 ]
 
 

@@ -9,9 +9,8 @@ transaction (BEGIN/COMMIT), which must not sit inside a test's wrapping transact
 """
 
 import datetime
-import html
-import itertools
 import re
+import time
 import uuid
 
 import pytest
@@ -23,6 +22,8 @@ from django.utils import timezone
 from api.console import figures, views
 from stockflow.accounts.models import ApiToken, AuditEntry
 from stockflow.leads.models import Lead
+from stockflow.platform import redis_client
+from stockflow.stock import invariants
 from stockflow.stock.models import (
     Batch,
     Job,
@@ -36,146 +37,35 @@ from stockflow.stock.models import (
     StockOnHand,
 )
 from tests.api_helpers import on_hand, pay_and_wait, product, receive, refund, sale, wait_for_job
+from tests.console_helpers import (
+    a_sale,
+    batch,
+    failure_rows,
+    get_page,
+    job,
+    jobs_bulk,
+    number,
+    staff_client,
+    stock_rows,
+    text_of,
+)
 from tests.staff import STAFF_PASSWORD, make_staff
 
-_seq = itertools.count(1)
+
+@pytest.fixture(autouse=True)
+def _no_stored_ledger_verdict():
+    """The ledger check's stored verdict lives in Redis: each test starts without one."""
+    redis_client.client().delete(invariants.VERDICT_KEY)
+    yield
+    redis_client.client().delete(invariants.VERDICT_KEY)
 
 
-# --- builders -------------------------------------------------------------------------
-
-
-def staff_client(user=None) -> Client:
-    c = Client()
-    c.force_login(user or make_staff())
-    return c
-
-
-def location(code="MAIN") -> Location:
-    return Location.objects.get_or_create(code=code)[0]
-
-
-def batch(sku: str, lot: str, quantity: int, expires_in_days: int | None, loc="MAIN") -> Batch:
-    """A batch received the way the service does it: batch, on-hand row and RECEIPT move."""
-    p = Product.objects.get_or_create(sku=sku, defaults={"name": f"Product {sku}"})[0]
-    today = timezone.now().date()
-    b = Batch.objects.create(
-        product=p,
-        location=location(loc),
-        lot=lot,
-        expires_on=None
-        if expires_in_days is None
-        else today + datetime.timedelta(days=expires_in_days),
+def store_verdict(violations: int, seconds_ago: float = 0) -> None:
+    """As beat's check_ledger leaves it, `seconds_ago`."""
+    redis_client.client().hset(
+        invariants.VERDICT_KEY,
+        mapping={"violations": violations, "checked_at": time.time() - seconds_ago},
     )
-    StockOnHand.objects.create(batch=b, quantity=quantity)
-    if quantity:
-        StockMove.objects.create(kind=StockMove.Kind.RECEIPT, batch=b, quantity=quantity)
-    return b
-
-
-def a_sale(sku="SKU-J") -> Sale:
-    p = Product.objects.get_or_create(sku=sku, defaults={"name": "p"})[0]
-    s = Sale.objects.create(number=f"S-{next(_seq)}-{uuid.uuid4().hex[:6]}", location=location())
-    SaleLine.objects.create(sale=s, product=p, quantity=1, unit_price="1.00")
-    return s
-
-
-def job(
-    sale: Sale,
-    status: str,
-    *,
-    kind=Job.Kind.SALE_PAID,
-    code="",
-    attempts=1,
-    age_min=5.0,
-    finished_after_s=1.0,
-    request_id=None,
-    message="",
-) -> Job:
-    """A job row as the outbox leaves it: created `age_min` minutes ago."""
-    now = timezone.now()
-    created = now - datetime.timedelta(minutes=age_min)
-    terminal = status in (Job.Status.SUCCEEDED, Job.Status.FAILED)
-    return Job.objects.create(
-        kind=kind,
-        sale=sale,
-        payload={},
-        fingerprint=uuid.uuid4().hex,
-        status=status,
-        attempts=attempts,
-        error_code=code,
-        error_message=message or (f"{code} happened" if code else ""),
-        request_id=request_id or f"req-{uuid.uuid4().hex[:12]}",
-        created_at=created,
-        started_at=created if status != Job.Status.QUEUED else None,
-        finished_at=created + datetime.timedelta(seconds=finished_after_s) if terminal else None,
-        lease_expires_at=created + datetime.timedelta(seconds=30),
-    )
-
-
-def jobs_bulk(n: int, status: str, *, code="", attempts=1, age_min=5.0):
-    """n terminal sale.paid jobs on one sale (terminal jobs may share a sale)."""
-    s = a_sale()
-    now = timezone.now()
-    created = now - datetime.timedelta(minutes=age_min)
-    Job.objects.bulk_create(
-        Job(
-            kind=Job.Kind.SALE_PAID,
-            sale=s,
-            payload={},
-            fingerprint=uuid.uuid4().hex,
-            status=status,
-            attempts=attempts,
-            error_code=code,
-            request_id="bulk",
-            created_at=created,
-            started_at=created,
-            finished_at=created + datetime.timedelta(seconds=1),
-            lease_expires_at=created,
-        )
-        for _ in range(n)
-    )
-
-
-# --- reading the page ---------------------------------------------------------------
-
-
-def text_of(page: str, testid: str) -> str:
-    m = re.search(
-        rf'data-testid="{re.escape(testid)}"[^>]*>(.*?)</(?:td|th|span|strong|div|code|dd|a|pre|p)>',
-        page,
-        re.S,
-    )
-    assert m, f"no element with data-testid={testid!r}"
-    return html.unescape(re.sub(r"<[^>]+>", "", m.group(1))).strip()
-
-
-def number(page: str, testid: str) -> int:
-    return int(text_of(page, testid))
-
-
-def stock_rows(page: str) -> dict[int, tuple[str, int]]:
-    """{batch id: (state, on hand)} as shown in the stock table."""
-    rows = {}
-    for m in re.finditer(
-        r'<tr class="([^"]*)" data-batch="(\d+)" data-state="(\w+)">(.*?)</tr>', page, re.S
-    ):
-        qty = re.search(r'<td class="num onhand">(-?\d+)</td>', m.group(4))
-        rows[int(m.group(2))] = (m.group(3), int(qty.group(1)), m.group(1).split())
-    return rows
-
-
-def failure_rows(page: str) -> dict[str, str]:
-    """{job id: row html} of the failures table."""
-    return {
-        m.group(1): m.group(2)
-        for m in re.finditer(r'<tr data-job="([0-9a-f-]{36})">(.*?)</tr>', page, re.S)
-    }
-
-
-def get_page(c: Client, url="/console/", **params) -> str:
-    r = c.get(url, params)
-    assert r.status_code == 200, r.status_code
-    return r.content.decode()
 
 
 # --- access --------------------------------------------------------------------------
@@ -367,35 +257,98 @@ def test_stock_on_hand_by_batch_highlights_expired_and_soon(transactional_db):
 # --- A1 ----------------------------------------------------------------------------------
 
 
-def test_a1_passes_on_a_clean_ledger_and_fails_when_on_hand_drifts_from_the_moves(transactional_db):
+def _csrf(c: Client, url="/console/") -> str:
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', get_page(c, url)).group(1)
+
+
+def test_a1_shows_the_stored_verdict_and_its_age_and_never_checks_the_ledger_per_view(
+    transactional_db, django_assert_max_num_queries
+):
     b = batch("A1", "L1", 10, 100)
-    batch("A1", "L2", 5, 200)
     c = staff_client()
     page = get_page(c)
-    assert text_of(page, "a1-verdict") == "PASS"
-    assert text_of(page, "a1-figure") == (
-        "negative on-hand: 0 · on-hand ≠ Σ moves: 0 (checked 2 batches, 2 moves)"
-    )
+    assert text_of(page, "a1-verdict") == "NO DATA"
+    assert text_of(page, "a1-figure") == "no ledger check has run yet"
+    assert text_of(page, "a1-age") == "never"
 
-    # A write that bypassed the ledger: on-hand no longer equals the sum of the moves.
+    store_verdict(0, seconds_ago=125)
+    with django_assert_max_num_queries(40) as queries:
+        page = get_page(c)
+    ledger_sql = [q["sql"] for q in queries.captured_queries if "REPEATABLE READ" in q["sql"]]
+    assert ledger_sql == [], "a page view must not scan the whole ledger"
+    assert text_of(page, "a1-verdict") == "PASS"
+    assert text_of(page, "a1-figure") == "0 violations of the ledger invariants"
+    assert text_of(page, "a1-age") == "2 min ago" and "a1-stale" not in page
+    assert "Ledger consistency: no oversell (A1)" in page and "A1 ·" not in page
+    assert "Paid-transition success rate (A2)" in page and "A2 ·" not in page
+
+    # A drift the periodic check has not seen yet: the page shows the stored verdict.
     StockOnHand.objects.filter(batch=b).update(quantity=13)
+    assert text_of(get_page(c), "a1-verdict") == "PASS"
+
+    # Older than two check intervals: flagged stale (is beat running?).
+    store_verdict(3, seconds_ago=3 * 300 + 5)
     page = get_page(c)
     assert text_of(page, "a1-verdict") == "FAIL"
-    assert text_of(page, "a1-figure").startswith("negative on-hand: 0 · on-hand ≠ Σ moves: 1 (")
-    assert f'<td>{b.pk}</td><td class="num">13</td><td class="num bad">10</td>' in page
+    assert text_of(page, "a1-figure").startswith("3 violations of the ledger invariants")
+    assert text_of(page, "a1-age") == "15 min ago" and "a1-stale" in page
 
 
-def test_a1_fails_on_negative_on_hand(transactional_db):
+def test_recompute_now_checks_the_ledger_once_and_stores_the_verdict(transactional_db):
+    b = batch("A1R", "L1", 10, 100)
+    batch("A1R", "L2", 5, 200)
+    store_verdict(0, seconds_ago=200)
+    c = Client(enforce_csrf_checks=True)
+    c.force_login(make_staff())
+    token = _csrf(c)
+
+    assert c.get("/console/ledger/recompute/").status_code == 405
+    assert c.post("/console/ledger/recompute/").status_code == 403, "CSRF token required"
+    assert invariants.last_verdict()[1] < time.time() - 100, "nothing recomputed"
+
+    StockOnHand.objects.filter(batch=b).update(quantity=13)  # bypassed the ledger
+    r = c.post(
+        "/console/ledger/recompute/",
+        {"csrfmiddlewaretoken": token, "next": "/console/?window=24h#quality"},
+    )
+    assert r.status_code == 302 and r["Location"] == "/console/?window=24h#quality"
+    violations, checked_at = invariants.last_verdict()
+    assert violations == 1 and checked_at > time.time() - 30
+    page = get_page(c, window="24h")
+    assert text_of(page, "a1-verdict") == "FAIL"
+    assert text_of(page, "a1-figure").startswith("1 violation of the ledger invariants")
+    message = text_of(page, "messages")
+    assert "Ledger check: 1 violation(s)" in message and "on_hand_equals_moves: 1" in message
+    assert f"({b.pk}, 13, 10)" in message
+
+    StockOnHand.objects.filter(batch=b).update(quantity=10)
+    # `next` must stay in the console: anything else goes back to the overview.
+    r = c.post(
+        "/console/ledger/recompute/",
+        {"csrfmiddlewaretoken": token, "next": "https://evil.example.invalid/"},
+    )
+    assert r["Location"] == "/console/#quality"
+    page = get_page(c)
+    assert text_of(page, "a1-verdict") == "PASS"
+    assert "Ledger check: no violation" in text_of(page, "messages")
+
+    anonymous = Client()
+    r = anonymous.post("/console/ledger/recompute/")
+    assert r.status_code == 302 and r["Location"].startswith("/admin/login/")
+
+
+def test_a1_recompute_finds_negative_on_hand(transactional_db):
     from django.db import connection
 
     b = batch("A1N", "L1", 1, 100)
+    c = staff_client()
     with connection.cursor() as cursor:  # only a broken database could hold this row: simulate one
         cursor.execute("ALTER TABLE inventory_stockonhand DROP CONSTRAINT on_hand_not_negative")
         try:
             cursor.execute(
                 "UPDATE inventory_stockonhand SET quantity = -2 WHERE batch_id = %s", [b.pk]
             )
-            page = get_page(staff_client())
+            c.post("/console/ledger/recompute/")
         finally:
             cursor.execute(
                 "UPDATE inventory_stockonhand SET quantity = 1 WHERE batch_id = %s", [b.pk]
@@ -403,8 +356,10 @@ def test_a1_fails_on_negative_on_hand(transactional_db):
             cursor.execute(
                 "ALTER TABLE inventory_stockonhand ADD CONSTRAINT on_hand_not_negative CHECK (quantity >= 0)"
             )
+    page = get_page(c)
     assert text_of(page, "a1-verdict") == "FAIL"
-    assert text_of(page, "a1-figure").startswith("negative on-hand: 1 · on-hand ≠ Σ moves: 1 (")
+    assert "on_hand_not_negative: 1" in text_of(page, "messages")
+    assert invariants.last_verdict()[0] == 2  # negative, and no longer Σ moves
 
 
 # --- A2 ----------------------------------------------------------------------------------
@@ -545,15 +500,18 @@ def test_overview_query_count_does_not_grow_with_the_data(
 ):
     c = staff_client()
     c.get("/console/")  # warm the session
+    # One row in each list (an empty list is not even read), then 30.
+    batch("Q-1", "L", 3, 10)
+    job(a_sale(), Job.Status.FAILED, code="error", age_min=1)
     with django_assert_max_num_queries(25) as small:
-        get_page(c)
+        get_page(c, window="24h")
     for i in range(30):
         batch(f"Q{i}", "L", 3, i - 5)
         job(a_sale(), Job.Status.FAILED, code="error" if i % 2 else "insufficient_stock", age_min=i)
     with django_assert_max_num_queries(25) as large:
         page = get_page(c, window="24h")
     assert len(large.captured_queries) == len(small.captured_queries)
-    assert len(failure_rows(page)) == 30 and len(stock_rows(page)) == 30
+    assert len(failure_rows(page)) == 31 and len(stock_rows(page)) == 31
 
 
 def test_window_query_uses_the_status_created_index(transactional_db):
@@ -586,7 +544,7 @@ def test_links_to_flower_grafana_and_runbooks(transactional_db, monkeypatch, tmp
     # Next to A1, A2, the backlog and the failures: the runbook of the matching alert.
     for name in ("LedgerInvariantViolated", "SalePaidTransitionFailures", "OldestQueuedJobTooOld"):
         assert f'<a href="/console/runbooks/{name}.md">{name}</a>' in page
-        assert get_page(c, f"/console/runbooks/{name}.md").count(f"# {name}") == 1
+        assert get_page(c, f"/console/runbooks/{name}.md").count(f"<h1>{name}</h1>") == 1
 
     monkeypatch.setenv("FLOWER_URL", "https://flower.example.invalid/")
     monkeypatch.setenv("GRAFANA_URL", "javascript:alert(1)")  # not a link we would render
@@ -607,14 +565,21 @@ def test_links_to_flower_grafana_and_runbooks(transactional_db, monkeypatch, tmp
 
 
 def test_runbooks_are_served_from_the_repository_folder(transactional_db, monkeypatch, tmp_path):
-    (tmp_path / "JobsFailing.md").write_text("# Jobs failing\n<check the workers>\n")
+    (tmp_path / "JobsFailing.md").write_text(
+        "# Jobs failing\n<check the workers>\n\n1. **first** `make check-ledger`\n"
+        "2. <script>alert(1)</script>\n"
+    )
     (tmp_path / "notes.txt").write_text("not a runbook")
     monkeypatch.setattr(views, "RUNBOOK_DIR", tmp_path)
     c = staff_client()
     index = get_page(c, "/console/runbooks/")
     assert 'href="/console/runbooks/JobsFailing.md"' in index and "notes.txt" not in index
     page = get_page(c, "/console/runbooks/JobsFailing.md")
+    # Rendered from markdown; raw HTML in the file is shown as text, never run.
+    assert "<h1>Jobs failing</h1>" in page and "# Jobs failing" not in page
+    assert "<strong>first</strong> <code>make check-ledger</code>" in page
     assert "&lt;check the workers&gt;" in page
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
     assert "LedgerInvariantViolated" not in get_page(c)  # no such file here: no contextual link
     for bad in ("notes.txt", "..%2Fsettings.py", "missing.md"):
         assert c.get(f"/console/runbooks/{bad}").status_code == 404
@@ -749,6 +714,9 @@ def test_console_after_a_real_run_matches_the_database(client, worker):
     rows = failure_rows(page)
     assert list(rows) == [failed["id"]]
     assert "insufficient_stock" in rows[failed["id"]] and failed["request_id"] in rows[failed["id"]]
+    assert text_of(page, "a1-verdict") == "NO DATA"  # no ledger check has run yet
+    c.post("/console/ledger/recompute/")
+    page = get_page(c)
     assert text_of(page, "a1-verdict") == "PASS"
     assert text_of(page, "a2-verdict") == "PASS"
     assert text_of(page, "a2-success-figure").startswith("100.00 % = 1 succeeded")

@@ -477,3 +477,54 @@ def test_retries_exhausted_fail_the_job_and_send_exactly_one_event(
         "TransientError",
     ]
     assert ok(client.get(f"/api/sales/{s['id']}"), 200)["status"] == "draft"  # nothing written
+
+
+def test_starting_sentry_raises_no_deprecation_warning(sentry_server):
+    """send_default_pii is deprecated in the pinned sentry-sdk (3.0 removes it): stockflow
+    starts Sentry with data_collection, as the web and the worker do."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            assert app_sentry.init(dsn=sentry_server.dsn, environment="test")
+            assert app_sentry.init(dsn=sentry_server.dsn, django=False, traces_sample_rate=0.0)
+        finally:
+            sentry_sdk.get_client().close(timeout=2)
+            sentry_sdk.init(dsn=None)
+    from_sentry = [
+        w
+        for w in caught
+        if issubclass(w.category, DeprecationWarning) and "sentry" in str(w.filename)
+    ]
+    assert not from_sentry, [str(w.message) for w in from_sentry]
+    options = sentry_sdk.get_client().options
+    assert "send_default_pii" not in options or not options["send_default_pii"]
+
+
+def test_periodic_tasks_check_in_with_sentry_crons(sentry_server, transactional_db):
+    """The reconciler and the ledger check report each run to Sentry Crons (named
+    monitors with their schedules), so a stopped beat becomes a missed check-in."""
+    from stockflow.observability import sentry as obs_sentry
+    from tasks import jobs as periodic
+
+    obs_sentry._last_checkin.clear()
+    assert app_sentry.init(dsn=sentry_server.dsn, django=False, environment="test")
+    try:
+        periodic.reconcile_jobs()
+        periodic.reconcile_jobs()  # within the minute: no second check-in from this process
+        periodic.check_ledger()
+        sentry_sdk.get_client().flush(timeout=5)
+    finally:
+        sentry_sdk.get_client().close(timeout=2)
+        sentry_sdk.init(dsn=None)
+    checkins = [i.json() for i in sentry_server.items("check_in")]
+    by_slug = {}
+    for c in checkins:
+        by_slug.setdefault(c["monitor_slug"], []).append(c)
+    assert set(by_slug) == {"stockflow-reconcile-jobs", "stockflow-check-ledger"}, by_slug
+    for slug, runs in by_slug.items():
+        assert [c["status"] for c in runs] == ["in_progress", "ok"], (slug, runs)
+        schedule = runs[0]["monitor_config"]["schedule"]
+        assert schedule["type"] == "interval" and schedule["unit"] == "minute", schedule
+    assert by_slug["stockflow-check-ledger"][0]["monitor_config"]["schedule"]["value"] == 5

@@ -180,5 +180,17 @@ def test_loadgen_and_demo_commands_against_a_running_stack():
         assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-4000:]
         assert "sale.paid: succeeded" in demo.stdout
         assert "sale.paid: failed (insufficient_stock)" in demo.stdout
+        # It revoked the token it made: no all-scope `demo` token piles up per run.
+        left = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c",
+             "from stockflow.accounts.models import ApiToken;"
+             "print(ApiToken.objects.filter(name__startswith='demo-').count(),"
+             " ApiToken.objects.active().filter(name__startswith='demo-').count())"],
+            cwd=ROOT, env=stack.base_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        # The last line: the shell's own startup may log JSON lines on stdout before it.
+        assert left.stdout.strip().splitlines()[-1].split() == ["1", "0"], (
+            left.stdout + left.stderr[-2000:]
+        )
     finally:
         stack.close()

@@ -162,6 +162,15 @@ def test_celery_exporter_matches_bin_celery_exporter(services):
     for flag in ("--accept-content=json", "--retry-interval="):
         assert flag in args
     assert "redis://redis:" in args
+    # The exporter watches every queue a worker consumes (jobs and periodic work).
+    worker_queues = re.search(
+        r'--queues "\$\{WORKER_QUEUES:-([^}]*)\}"', (ROOT / "bin/worker").read_text()
+    ).group(1)
+    exporter_queues = re.search(
+        r'--queues "\$\{EXPORTER_QUEUES:-([^}]*)\}"', (ROOT / "bin/celery-exporter").read_text()
+    ).group(1)
+    assert exporter_queues == worker_queues
+    assert f"--queues={worker_queues}" in args
 
 
 def test_every_service_has_a_healthcheck_or_a_reason(services):

@@ -1,9 +1,10 @@
 import datetime
-import zoneinfo
 
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+from stockflow.platform import timezones
 
 
 class Product(models.Model):
@@ -20,7 +21,9 @@ class Product(models.Model):
 class Location(models.Model):
     code = models.CharField(max_length=64, unique=True)
     # "Expired" is decided by the calendar where the goods are, not the server's.
-    timezone = models.CharField(max_length=64, default="UTC")
+    timezone = models.CharField(
+        max_length=64, default="UTC", validators=[timezones.validate_timezone]
+    )
 
     class Meta:
         db_table = "inventory_location"
@@ -29,7 +32,8 @@ class Location(models.Model):
         return self.code
 
     def today(self) -> datetime.date:
-        return timezone.now().astimezone(zoneinfo.ZoneInfo(self.timezone)).date()
+        # A bad stored name reads as UTC (logged): never an error for stock reads or jobs.
+        return timezone.now().astimezone(timezones.zone(self.timezone)).date()
 
 
 class Batch(models.Model):
@@ -57,7 +61,7 @@ class StockOnHand(models.Model):
     """One row per batch; the row that is locked while stock moves."""
 
     batch = models.OneToOneField(Batch, on_delete=models.PROTECT, related_name="on_hand")
-    quantity = models.IntegerField(default=0)
+    quantity = models.BigIntegerField(default=0)  # 64-bit: totals may pass 2^31
 
     class Meta:
         db_table = "inventory_stockonhand"
@@ -78,7 +82,7 @@ class StockMove(models.Model):
 
     kind = models.CharField(max_length=16, choices=Kind.choices)
     batch = models.ForeignKey(Batch, on_delete=models.PROTECT, related_name="moves")
-    quantity = models.IntegerField()  # signed: out is negative
+    quantity = models.BigIntegerField()  # signed: out is negative
     sale_line = models.ForeignKey(
         "stock.SaleLine", null=True, blank=True, on_delete=models.PROTECT, related_name="moves"
     )
@@ -90,10 +94,19 @@ class StockMove(models.Model):
     )
     request_id = models.CharField(max_length=128, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
+    # A receipt's Idempotency-Key (NULL: none; other kinds never have one): a client's
+    # retry answers with this move instead of counting the stock again.
+    idempotency_key = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
 
     class Meta:
         db_table = "inventory_stockmove"
         constraints = [
+            # Two copies of one receipt racing: one inserts, the other rolls back.
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=Q(kind="RECEIPT", idempotency_key__isnull=False),
+                name="receipt_idempotency_key_once",
+            ),
             # A job applied twice would need a second row here: the database refuses it.
             models.UniqueConstraint(
                 fields=["sale_line", "batch"],

@@ -64,6 +64,8 @@ class Job(models.Model):
                 name="job_unfinished_lease",
             ),
             models.Index(fields=["status", "created_at"], name="job_status_created"),
+            # Operators search jobs by request id (GET /api/jobs?request_id=, the console).
+            models.Index(fields=["request_id"], name="job_request_id"),
             models.Index(
                 fields=["kind", "finished_at"], name="job_kind_finished"
             ),  # console windows

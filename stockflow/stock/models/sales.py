@@ -29,7 +29,7 @@ class Sale(models.Model):
 class SaleLine(models.Model):
     sale = models.ForeignKey(Sale, on_delete=models.PROTECT, related_name="lines")
     product = models.ForeignKey("stock.Product", on_delete=models.PROTECT)
-    quantity = models.PositiveIntegerField()
+    quantity = models.PositiveBigIntegerField()
     unit_price = models.DecimalField(max_digits=12, decimal_places=2)
 
     class Meta:
@@ -65,7 +65,7 @@ class Refund(models.Model):
 class RefundLine(models.Model):
     refund = models.ForeignKey(Refund, on_delete=models.PROTECT, related_name="lines")
     sale_line = models.ForeignKey(SaleLine, on_delete=models.PROTECT, related_name="refund_lines")
-    quantity = models.PositiveIntegerField()
+    quantity = models.PositiveBigIntegerField()
 
     class Meta:
         db_table = "sales_refundline"

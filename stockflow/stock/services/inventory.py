@@ -3,6 +3,7 @@
 import datetime
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Sum
 
 from stockflow.platform.errors import DomainError, ErrorCode
 from stockflow.stock import locks
@@ -55,7 +56,6 @@ def _batch_for_receipt(product, location, lot, expires_on) -> Batch:
     return batch
 
 
-@transaction.atomic
 def receive_stock(
     sku: str,
     location_code: str,
@@ -63,7 +63,56 @@ def receive_stock(
     expires_on: datetime.date | None,
     quantity: int,
     request_id="",
+    idempotency_key: str | None = None,
 ) -> tuple[StockMove, StockOnHand]:
+    """Stock in: a RECEIPT move, on-hand up by `quantity`. Under an `idempotency_key`
+    already used, the same receipt answers with the first (its move, on-hand as it left
+    it) and writes nothing; another receipt is IDEMPOTENCY_CONFLICT. Copies racing: the
+    unique index lets one insert, the others roll back and answer with it."""
+    key = idempotency_key or None
+    receipt = (sku, location_code, lot, expires_on, quantity)
+    earlier = _earlier_receipt(key, *receipt) if key else None
+    if earlier is not None:
+        return earlier
+    try:
+        return _receive(*receipt, request_id, key)
+    except IntegrityError:
+        earlier = _earlier_receipt(key, *receipt) if key else None
+        if earlier is None:
+            raise
+        return earlier
+
+
+def _earlier_receipt(
+    key: str, sku, location_code, lot, expires_on, quantity
+) -> tuple[StockMove, StockOnHand] | None:
+    move = (
+        StockMove.objects.select_related("batch__product", "batch__location")
+        .filter(kind=StockMove.Kind.RECEIPT, idempotency_key=key)
+        .first()
+    )
+    if move is None:
+        return None
+    b = move.batch
+    if (b.product.sku, b.location.code, b.lot, b.expires_on, move.quantity) != (
+        sku,
+        location_code,
+        lot,
+        expires_on,
+        quantity,
+    ):
+        raise DomainError(
+            ErrorCode.IDEMPOTENCY_CONFLICT,
+            "this Idempotency-Key was already used with a different receipt",
+        )
+    # On-hand as the receipt left it: every move of a batch is written holding its on-hand
+    # row lock, so one batch's move ids follow commit order.
+    left = StockMove.objects.filter(batch_id=b.pk, id__lte=move.pk).aggregate(s=Sum("quantity"))
+    return move, StockOnHand(batch=b, quantity=left["s"])
+
+
+@transaction.atomic
+def _receive(sku, location_code, lot, expires_on, quantity, request_id, key):
     product = product_by_sku(sku)
     location, _ = Location.objects.get_or_create(code=location_code)
     batch = _batch_for_receipt(product, location, lot, expires_on)
@@ -71,7 +120,11 @@ def receive_stock(
     on_hand.quantity += quantity
     on_hand.save(update_fields=["quantity"])
     move = StockMove.objects.create(
-        kind=StockMove.Kind.RECEIPT, batch=batch, quantity=quantity, request_id=request_id
+        kind=StockMove.Kind.RECEIPT,
+        batch=batch,
+        quantity=quantity,
+        request_id=request_id,
+        idempotency_key=key,
     )
     return move, on_hand
 

@@ -19,7 +19,8 @@ S = Sale.Status
 
 def request_payment(sale_id, *, idempotency_key: str | None, request_id: str):
     """Accept `paid` as a job: (job, created). Decided with the sale locked: 404, then an
-    earlier job (same key, or one in flight), then the transition check, then the insert."""
+    earlier job (same key, or one in flight: with another key JOB_IN_FLIGHT), then the
+    transition check, then the insert."""
     request = outbox.JobRequest(
         Job.Kind.SALE_PAID, {"to_status": S.PAID}, idempotency_key, request_id
     )
@@ -27,6 +28,14 @@ def request_payment(sale_id, *, idempotency_key: str | None, request_id: str):
         sale = sales.locked(sale_id)
         earlier = outbox.earlier(sale, request)
         if earlier is not None:
+            if idempotency_key and earlier.idempotency_key != idempotency_key:
+                # Another key's job is in flight: refused, not bound to that job. Bound,
+                # key B's answer would depend on timing (retried after job A finished, B
+                # would find no job of its own and be decided afresh); refused, B stays
+                # unused and every retry of it is decided the same way. A request without
+                # a key has nothing to bind: the job in flight is its answer.
+                events.transition(sale.pk, sale.status, S.PAID, ErrorCode.JOB_IN_FLIGHT)
+                raise sales.job_in_flight(sale.pk, earlier.pk)
             return earlier, False
         try:
             sales.check_transition(sale, S.PAID)

@@ -2,9 +2,15 @@
 settled many per transaction (`_run_batch`); `fail` for the worker's give-up path.
 
 Exactly-once *effect* under at-least-once delivery: a job's effects and its
-`succeeded` status commit in one transaction that holds the job row lock, so a
-second delivery waits for the first (or skips it, in a batch) and then finds the job
-terminal.
+`succeeded` status commit in one transaction that holds the job row lock.
+
+Attempts count deliveries that run the job, nothing else. A delivery claims its job (one
+autocommitted statement, so the count survives a worker that dies mid-job) only if no
+other transaction holds the job row and no other delivery owns it: a `running` job
+belongs to the delivery that claimed it (its retries and a broker redelivery after its
+worker died resume it) until its lease runs out (then the reconciler re-sends it). Any
+other delivery (a duplicate message, a re-send during a retry countdown) changes
+nothing, waits for nothing and counts nothing.
 """
 
 import datetime
@@ -12,9 +18,10 @@ import json
 import time
 from collections.abc import Callable
 
+import psycopg.errors
 import structlog
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from stockflow.platform import ids, sql
@@ -31,35 +38,67 @@ BatchHandler = Callable[[list[Job]], dict]
 logger = structlog.get_logger(__name__)
 
 
+_JOBS = Job._meta.db_table
+# One autocommitted statement: claim the job (running, attempts + 1) if this delivery may
+# run it; else say why not. `mine` is empty when another transaction holds the row;
+# `free` is false while another delivery owns a running job: its claim (updated_at, which
+# nothing but a claim moves while it runs; the reconciler renews only the lease) is younger
+# than the running lease. A fresh delivery never waits (SKIP LOCKED); a resuming one waits
+# (bounded by lock_timeout) for what holds the row: its own dead predecessor's transaction,
+# about to end.
 _CLAIM = f"""
-    UPDATE {Job._meta.db_table}
-    SET status = '{Job.Status.RUNNING}', attempts = attempts + 1, started_at = COALESCE(started_at, %(now)s),
-        lease_expires_at = %(lease)s, updated_at = %(now)s
-    WHERE id = %(id)s AND status IN {_UNFINISHED} AND attempts < %(max_attempts)s"""
+    WITH mine AS (
+        SELECT id, attempts < %(max_attempts)s AS fresh,
+               status = '{Job.Status.QUEUED}' OR %(resuming)s
+                 OR updated_at <= %(claimed_before)s AS free
+        FROM {_JOBS} WHERE id = %(id)s AND status IN {_UNFINISHED}
+        FOR UPDATE {{skip_locked}}
+    ), claimed AS (
+        UPDATE {_JOBS}
+        SET status = '{Job.Status.RUNNING}', attempts = attempts + 1,
+            started_at = COALESCE(started_at, %(now)s), lease_expires_at = %(lease)s, updated_at = %(now)s
+        WHERE id IN (SELECT id FROM mine WHERE fresh AND free)
+        RETURNING kind
+    )
+    SELECT kind, 'claimed' FROM claimed
+    UNION ALL
+    SELECT j.kind, CASE WHEN m.fresh IS FALSE THEN 'exhausted' ELSE 'elsewhere' END
+    FROM {_JOBS} j LEFT JOIN mine m ON m.id = j.id
+    WHERE j.id = %(id)s AND j.status IN {_UNFINISHED} AND NOT EXISTS (SELECT 1 FROM claimed)"""
+_CLAIMS = {False: _CLAIM.format(skip_locked="SKIP LOCKED"), True: _CLAIM.format(skip_locked="")}
 
 
-def _claim(job_id) -> bool:
-    """Mark the job running and count the attempt in one autocommitted statement, so
-    attempts survive a worker that dies mid-job. False if there is nothing to do."""
-    now = timezone.now()
+def _claim(job_id, resuming: bool = False) -> tuple[str | None, bool]:
+    """Claim the job for this delivery: (its kind, whether claimed). (None, False) for a
+    finished or unknown job, or one delivered too often (a poison message: failed here).
+    resuming: this delivery continues the one that claimed it (a retry, a redelivery)."""
     job_uuid = ids.as_uuid(job_id)
-    claimed = 0
-    if job_uuid is not None:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _CLAIM,
-                {
-                    "id": job_uuid,
-                    "now": now,
-                    "lease": _lease(Job.Status.RUNNING, now),
-                    "max_attempts": settings.JOB_MAX_ATTEMPTS,
-                },
-            )
-            claimed = cursor.rowcount
-    if not claimed:
-        # Finished already, unknown, or delivered too often (a poison message): fail() sorts it out.
-        fail(job_id, ErrorCode.ERROR, f"gave up after {settings.JOB_MAX_ATTEMPTS} deliveries")
-    return bool(claimed)
+    if job_uuid is None:
+        return None, False
+    now = timezone.now()
+    lease_age = datetime.timedelta(seconds=settings.JOB_RUNNING_LEASE_SECONDS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CLAIMS[resuming],
+            {
+                "id": job_uuid,
+                "now": now,
+                "lease": _lease(Job.Status.RUNNING, now),
+                "claimed_before": now - lease_age,
+                "max_attempts": settings.JOB_MAX_ATTEMPTS,
+                "resuming": resuming,
+            },
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None, False
+    kind, verdict = row
+    if verdict == "exhausted":
+        fail(job_uuid, ErrorCode.ERROR, f"gave up after {settings.JOB_MAX_ATTEMPTS} deliveries")
+        return None, False
+    if verdict == "elsewhere":
+        logger.debug("job.owned_elsewhere", job_id=str(job_uuid))
+    return kind, verdict == "claimed"
 
 
 _RESULT = Job._meta.get_field("result")  # its own JSON adaptation, as save() would use
@@ -96,18 +135,22 @@ def run(
     handlers: dict[str, Handler],
     batch_handlers: dict[str, BatchHandler] | None = None,
     is_transient: Callable[[BaseException], bool] = lambda exc: False,
+    *,
+    resuming: bool = False,
 ) -> Job | None:
     """Apply the job once. Business failures finish it as `failed`; transient database
     errors propagate (the caller retries); returns the job as it ended, or None if
-    there was nothing to do (already finished, unknown id).
+    there was nothing to do (already finished, unknown id, owned by another delivery).
+
+    resuming: this delivery continues the one that claimed the job (a retry of it, or
+    the broker re-delivering it after its worker died), so it may take the job over.
 
     With `batch_handlers`, a job of a batched kind is settled together with up to
     JOB_BATCH_SIZE - 1 other queued jobs of that kind (see `_run_batch`)."""
     if batch_handlers and settings.JOB_BATCH_SIZE > 1:
-        return _run_batch(job_id, handlers, batch_handlers, is_transient)
-    if not _claim(job_id):
-        return None
-    return _apply(job_id, handlers)
+        return _run_batch(job_id, handlers, batch_handlers, is_transient, resuming)
+    _kind, claimed = _claim(job_id, resuming)
+    return _apply(job_id, handlers) if claimed else None
 
 
 def _apply(job_id, handlers: dict[str, Handler]) -> Job | None:
@@ -132,24 +175,6 @@ def _apply(job_id, handlers: dict[str, Handler]) -> Job | None:
     return job
 
 
-_JOBS = Job._meta.db_table
-_CLAIM_OWN = f"""
-    WITH mine AS (
-        SELECT id FROM {_JOBS}
-        WHERE id = %(id)s AND status IN {_UNFINISHED} AND attempts < %(max_attempts)s
-        FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE {_JOBS}
-        SET status = '{Job.Status.RUNNING}', attempts = attempts + 1,
-            started_at = COALESCE(started_at, %(now)s), lease_expires_at = %(lease)s, updated_at = %(now)s
-        WHERE id IN (SELECT id FROM mine)
-        RETURNING kind
-    )
-    SELECT kind, true FROM claimed
-    UNION ALL
-    SELECT kind, false FROM {_JOBS}
-    WHERE id = %(id)s AND status IN {_UNFINISHED} AND NOT EXISTS (SELECT 1 FROM claimed)"""
-
 # Inside the batch's transaction: lock our claimed job and up to N - 1 queued jobs of its
 # kind, oldest first, never waiting (SKIP LOCKED), and count the others' attempt. Their
 # claim commits with their outcome; if the worker dies they are simply queued again.
@@ -171,47 +196,23 @@ _LOCK_BATCH = f"""
     RETURNING {sql.columns(Job, "j")}"""
 
 
-def _claim_own(job_uuid) -> tuple[str | None, bool, bool]:
-    """Claim this job unless another transaction holds it: one autocommitted statement, so
-    attempts survive a dead worker. Returns (its kind, claimed, held elsewhere); (None,
-    False, False) for a finished or unknown job: a delivery of a job a batch settled costs
-    this one statement."""
-    now = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _CLAIM_OWN,
-            {
-                "id": job_uuid,
-                "now": now,
-                "lease": _lease(Job.Status.RUNNING, now),
-                "max_attempts": settings.JOB_MAX_ATTEMPTS,
-            },
-        )
-        row = cursor.fetchone()
-    return (row[0], row[1], not row[1]) if row else (None, False, False)
-
-
-def _run_batch(job_id, handlers, batch_handlers, is_transient) -> Job | None:
+def _run_batch(job_id, handlers, batch_handlers, is_transient, resuming) -> Job | None:
     """Our job plus up to JOB_BATCH_SIZE - 1 queued jobs of its kind in one transaction.
-    Our job held by another transaction (another batch has it): settle other queued jobs
-    meanwhile, then wait for it as a single delivery would."""
+    Our job not ours to run (another batch or delivery has it): settle other queued jobs
+    meanwhile, and leave ours to whoever has it."""
     job_uuid = ids.as_uuid(job_id)
     if job_uuid is None:
         return fail(job_id, ErrorCode.ERROR, "unknown job")
-    kind, claimed, held_elsewhere = _claim_own(job_uuid)
+    kind, claimed = _claim(job_uuid, resuming)
     own = None
     if kind in batch_handlers:
         own, own_left = _settle(
             kind, job_uuid, claimed, batch_handlers[kind], handlers, is_transient
         )
-        if own_left:  # left out of the batch (or taken by a duplicate delivery): alone
+        if own_left:  # left out of the batch: alone
             own = _apply(job_uuid, handlers)
     elif claimed:  # a kind that is not batched (refunds): one per transaction
         own = _apply(job_uuid, handlers)
-    if held_elsewhere:
-        # Wait for whoever holds it, then apply it alone if still unfinished; fail it if it
-        # was delivered too often.
-        own = _apply(job_uuid, handlers) if _claim(job_uuid) else None
     return own
 
 
@@ -259,9 +260,10 @@ def _settle(kind, own_id, own_claimed, batch_handler, handlers, is_transient):
         with _bound(job):
             events.job_finished(job, duration, result)
         own = job if job.pk == own_id else own
+    others_left = [job for job, _ in left_out if job.pk != own_id]
+    _release(others_left)  # its own delivery (or the reconciler) settles it alone
     for job, exc in left_out:
         if job.pk != own_id:
-            # Still `running`: its own delivery (or the reconciler) settles it alone.
             with _bound(job):
                 logger.warning("job.left_out_of_batch", error=type(exc).__name__)
     return own, own_missing or any(job.pk == own_id for job, _ in left_out)
@@ -276,14 +278,37 @@ def _apply_each(jobs: list[Job], own_id, handlers, is_transient) -> Job | None:
             try:
                 # The failed batch's claim rolled back: claim the others again, so their
                 # attempts count.
-                applied = _apply(job.pk, handlers) if job.pk == own_id or _claim(job.pk) else None
+                applied = (
+                    _apply(job.pk, handlers) if job.pk == own_id or _claim(job.pk)[1] else None
+                )
             except Exception as exc:
-                if is_transient(exc) or job.pk == own_id:
+                if job.pk == own_id:
+                    raise
+                _release([job])  # its own delivery (or the reconciler) settles it
+                if is_transient(exc):
                     raise
                 logger.warning("job.left_out_of_batch", error=type(exc).__name__)
                 continue
         own = applied if job.pk == own_id else own
     return own
+
+
+_RELEASE = f"""
+    UPDATE {_JOBS} SET status = '{Job.Status.QUEUED}', lease_expires_at = %(lease)s, updated_at = %(now)s
+    WHERE id = ANY(%(ids)s) AND status = '{Job.Status.RUNNING}'"""
+
+
+def _release(jobs: list[Job]) -> None:
+    """Give back jobs this delivery claimed for a batch but did not settle: `queued`
+    again (their attempt counted), so their own delivery may claim them."""
+    if not jobs:
+        return
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _RELEASE,
+            {"ids": [job.pk for job in jobs], "lease": _lease(Job.Status.QUEUED, now), "now": now},
+        )
 
 
 def _bound(job: Job):
@@ -343,14 +368,28 @@ def _finish_batch(jobs: list[Job], outcomes: dict) -> tuple[list, list]:
     return done, left_out
 
 
+# Long enough for a just-closed connection's backend to end (client_connection_check_interval
+# is 1 s); short enough that recording a failure never stalls a worker.
+_FAIL_LOCK_TIMEOUT_MS = 2000
+
+
 def fail(
     job_id, code: ErrorCode, message: str, details=None, duration_s: float | None = None
 ) -> Job | None:
-    """Finish a job as failed (unless a concurrent delivery already finished it)."""
-    with transaction.atomic():
-        job = locks.job(job_id)
-        if job is None or job.is_terminal:
-            return job
-        _finish(job, Job.Status.FAILED, results.Failure(code, details), message)
+    """Finish a job as failed (unless a concurrent delivery already finished it). Waits
+    for the job row only briefly: whoever holds it longer settles the job, or, if that
+    is a dead worker's transaction, the reconciler re-sends the job once its lease runs
+    out."""
+    try:
+        with transaction.atomic():
+            job = locks.job(job_id, lock_timeout_ms=_FAIL_LOCK_TIMEOUT_MS)
+            if job is None or job.is_terminal:
+                return job
+            _finish(job, Job.Status.FAILED, results.Failure(code, details), message)
+    except OperationalError as exc:
+        if not isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
+            raise
+        logger.warning("job.left_for_reconciler", job_id=str(job_id), reason="job_locked")
+        return None
     events.job_finished(job, duration_s)
     return job

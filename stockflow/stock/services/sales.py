@@ -14,7 +14,7 @@ from stockflow.stock import events, locks
 from stockflow.stock.results import Outcome
 from stockflow.stock.services import inventory
 
-from ..models import Sale, SaleLine
+from ..models import Job, Sale, SaleLine
 
 S = Sale.Status
 # Transitions done in the request; `paid` is a job, refunds are jobs.
@@ -70,6 +70,27 @@ def locked(sale_id) -> Sale:
     return sale
 
 
+def job_in_flight(sale_id: int, job_id) -> DomainError:
+    return DomainError(
+        ErrorCode.JOB_IN_FLIGHT,
+        f"payment job {job_id} of sale {sale_id} has not finished: retry once it has",
+    )
+
+
+def check_no_payment_in_flight(sale: Sale) -> None:
+    """JOB_IN_FLIGHT if a PAID job of the sale is queued or running. Such a sale changes
+    only through that job: cancelled under it, the job would fail, and a repeated `paid`
+    would answer with a job for a cancelled sale. Call it with the sale locked: a PAID
+    accept share-locks the sale, so none can slip in before this transaction commits."""
+    job_id = (
+        Job.objects.filter(sale_id=sale.pk, kind=Job.Kind.SALE_PAID, status__in=Job.UNFINISHED)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if job_id is not None:
+        raise job_in_flight(sale.pk, job_id)
+
+
 def check_transition(sale: Sale, to_status: str) -> None:
     if to_status == S.PAID:
         allowed = sale.status in PAYABLE
@@ -90,6 +111,7 @@ def transition(sale_id, to_status: str) -> Sale:
     from_status = sale.status
     try:
         check_transition(sale, to_status)
+        check_no_payment_in_flight(sale)
     except DomainError as exc:
         events.transition(sale.pk, from_status, to_status, exc.code)
         raise

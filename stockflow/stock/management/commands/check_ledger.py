@@ -12,7 +12,11 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
     def handle(self, *args, **options):
-        report = invariants.check()
+        def step(name, done, total, seconds):
+            # On stderr, one line per check: a big ledger takes tens of seconds.
+            self.stderr.write(f"[{done}/{total}] {name} ({seconds:.1f} s)")
+
+        report = invariants.check(on_step=step)
         if options["json"]:
             self.stdout.write(
                 json.dumps(

@@ -1,0 +1,33 @@
+"""Faults injected into the real database for tests: an unexpected error on one sale's
+UPDATE to `paid`, so that its sale.paid job fails with code `error` (not a business
+outcome) in a real worker, and the repair."""
+
+from django.db import connection
+
+
+def reject_paid(number: str) -> None:
+    """Until `allow_paid()`: the UPDATE of sale `number` to `paid` raises."""
+    with connection.cursor() as cur:
+        cur.execute(
+            """
+            CREATE OR REPLACE FUNCTION tests_reject_paid() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.status = 'paid' AND NEW.number = %s THEN
+                RAISE EXCEPTION 'payment hook down';
+              END IF;
+              RETURN NEW;
+            END $$;
+            DROP TRIGGER IF EXISTS tests_reject_paid ON sales_sale;
+            CREATE TRIGGER tests_reject_paid BEFORE UPDATE ON sales_sale
+              FOR EACH ROW EXECUTE FUNCTION tests_reject_paid();
+            """,
+            [number],
+        )
+
+
+def allow_paid() -> None:
+    with connection.cursor() as cur:
+        cur.execute(
+            "DROP TRIGGER IF EXISTS tests_reject_paid ON sales_sale;"
+            "DROP FUNCTION IF EXISTS tests_reject_paid();"
+        )
