@@ -292,6 +292,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # one interval: by then the next one is on its way.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 PERIODIC_TASK_QUEUE = "stockflow.periodic"
+# RabbitMQ only (workers/rabbitmq.py): a message delivered this many times without an ack
+# is dead-lettered to the stockflow.dead-letter queue.
+BROKER_DELIVERY_LIMIT = env_int("BROKER_DELIVERY_LIMIT", 20)
 CELERY_TASK_ROUTES = {
     "stockflow.reconcile_jobs": {"queue": PERIODIC_TASK_QUEUE},
     "stockflow.check_ledger": {"queue": PERIODIC_TASK_QUEUE},

@@ -12,7 +12,9 @@ from config.settings import DATABASES, REDIS_URL
 
 TEST_REDIS_DB = int(os.environ.get("STOCKFLOW_TEST_REDIS_DB", "9"))
 REDIS_URL = re.sub(r"(/\d*)?$", f"/{TEST_REDIS_DB}", REDIS_URL.split("?")[0], count=1)
-CELERY_BROKER_URL = REDIS_URL
+# The suite's broker is its Redis db; tests/integration/test_rabbitmq.py points the web and
+# worker processes it starts at a RabbitMQ vhost of its own instead.
+CELERY_BROKER_URL = os.environ.get("STOCKFLOW_TEST_BROKER_URL") or REDIS_URL
 
 DATABASES["default"]["TEST"] = {"NAME": "test_" + DATABASES["default"]["NAME"]}
 if os.environ.get("STOCKFLOW_USE_TEST_DATABASE"):

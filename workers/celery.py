@@ -10,7 +10,7 @@ import os
 from celery import Celery
 from django_structlog.celery.steps import DjangoStructLogInitStep
 
-from workers import kombu_fixes, signals  # noqa: F401  (importing connects the handlers)
+from workers import kombu_fixes, rabbitmq, signals  # noqa: F401  (importing connects the handlers)
 from workers.heartbeat import Heartbeat
 
 kombu_fixes.install()
@@ -20,5 +20,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("stockflow")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.include = ["tasks.jobs"]
+rabbitmq.configure(app)  # quorum queues and confirms when CELERY_BROKER_URL is amqp://
 app.steps["worker"].add(DjangoStructLogInitStep)
 app.steps["worker"].add(Heartbeat)

@@ -21,6 +21,7 @@ from stockflow.observability import logging as log_config
 from stockflow.observability import metrics, sentry
 from stockflow.observability.bootstrap import bootstrap
 from stockflow.observability.exposition import process_registry
+from workers import rabbitmq
 from workers.transient import TransientError, cause_of
 
 logger = structlog.get_logger(__name__)
@@ -109,6 +110,15 @@ def _task_retried(sender=None, reason=None, **kwargs):
 def _task_failed(sender=None, exception=None, **kwargs):
     metrics.EXCEPTIONS.labels(type(cause_of(exception)).__name__, "worker").inc()
     sentry.task_failed(exception)
+
+
+@signals.worker_ready.connect
+def _declare_dead_letter(sender=None, **kwargs):
+    # RabbitMQ: where the quorum queues dead-letter to must exist before the first rejection.
+    app = sender.app
+    if rabbitmq.is_amqp(app.conf.broker_url):
+        with app.connection_for_write() as connection:
+            rabbitmq.declare_dead_letter(connection)
 
 
 @signals.worker_ready.connect

@@ -35,6 +35,7 @@ SERVICES = {
     "prometheus",
     "alertmanager",
     "grafana",
+    "rabbitmq",  # profile `rabbitmq`: the broker when CELERY_BROKER_URL is amqp://
 }
 # Procfile commands compose runs from an upstream image instead: command -> service
 # (checked in test_celery_exporter_matches_bin_celery_exporter).
