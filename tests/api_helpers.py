@@ -2,6 +2,8 @@
 returns the body. They take any httpx.Client on the API (the `client` fixture, or one on a
 WSGI transport)."""
 
+import time
+
 import httpx
 
 from harness import client as api
@@ -50,3 +52,13 @@ def on_hand(client, sku: str) -> dict[str, int]:
     """{lot: on-hand} for one sku."""
     rows = ok(api.stock(client, sku=sku, page_size=500), 200)["results"]
     return {row["lot"]: row["on_hand"] for row in rows}
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy (returned), or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -147,6 +147,11 @@ def failures(since: datetime.datetime, code: str | None = None):
     qs = Job.objects.filter(status=Job.Status.FAILED, created_at__gte=since)
     if code:
         qs = qs.filter(error_code=code)
+    return job_rows(qs)
+
+
+def job_rows(qs):
+    """What a console job list shows of each job (and its sale's number), newest first."""
     return (
         qs.select_related("sale")
         .only(

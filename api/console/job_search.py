@@ -11,6 +11,8 @@ from stockflow.platform.errors import ErrorCode
 from stockflow.stock import selectors
 from stockflow.stock.models import Job, Sale
 
+from . import figures
+
 MAX_QUERY = 128  # the longest request id or sale number there is
 
 
@@ -53,19 +55,4 @@ def find(query: JobQuery):
         with contextlib.suppress(ValueError):  # not a UUID: not a job id
             match |= Q(pk=uuid.UUID(query.q))
         found = found.filter(match)
-    return (
-        found.select_related("sale")
-        .only(
-            "id",
-            "kind",
-            "sale__number",
-            "status",
-            "attempts",
-            "error_code",
-            "error_message",
-            "request_id",
-            "created_at",
-            "finished_at",
-        )
-        .order_by("-created_at", "-id")
-    )
+    return figures.job_rows(found)

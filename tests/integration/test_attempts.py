@@ -9,7 +9,7 @@ import psycopg
 from django.db import connection
 
 from stockflow.stock.models import Job, StockMove, StockOnHand
-from tests.api_helpers import on_hand, pay, product, receive, sale, wait_for_job
+from tests.api_helpers import on_hand, pay, product, receive, sale, wait_for_job, wait_until
 from workers import publish as dispatch
 
 SUCCEEDED = re.compile(r"stockflow\.run_job\[[^\]]+\] succeeded|\"event\":\s*\"task_succeeded\"")
@@ -29,15 +29,6 @@ class StockHold:
         if not self.conn.closed:
             self.conn.rollback()
             self.conn.close()
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def setup(client, sku: str) -> tuple[dict, dict]:

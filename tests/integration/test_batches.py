@@ -15,19 +15,10 @@ from django.db.models import Count
 
 from stockflow.stock import invariants
 from stockflow.stock.models import Job, StockMove, StockOnHand
-from tests.api_helpers import on_hand, pay, product, receive, sale
+from tests.api_helpers import on_hand, pay, product, receive, sale, wait_until
 from workers import publish as dispatch
 
 BATCH = 20  # small, so a few hundred jobs cross many batch boundaries
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def wait_all(job_ids: list[str], timeout: float = 120) -> None:

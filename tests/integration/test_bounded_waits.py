@@ -15,7 +15,7 @@ from harness.client import Client
 from stockflow.accounts.models import AuditEntry
 from stockflow.stock.models import Job, Sale, StockOnHand
 from stockflow.stock.services import outbox
-from tests.api_helpers import ok, pay, product, receive, sale, wait_for_job
+from tests.api_helpers import ok, pay, product, receive, sale, wait_for_job, wait_until
 from tests.conftest import WebProcess
 from workers.celery import app
 
@@ -31,15 +31,6 @@ def held(statement: str, params: list):
             yield
         finally:
             holder.rollback()
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def draft_sale(client, sku: str, number: str) -> dict:

@@ -15,7 +15,17 @@ from django.utils import timezone
 
 from stockflow.stock.models import Job, StockMove, StockOnHand
 from stockflow.stock.services import outbox as job_services
-from tests.api_helpers import ok, on_hand, pay, pay_and_wait, product, receive, sale, wait_for_job
+from tests.api_helpers import (
+    ok,
+    on_hand,
+    pay,
+    pay_and_wait,
+    product,
+    receive,
+    sale,
+    wait_for_job,
+    wait_until,
+)
 from workers import publish as dispatch
 
 RUN_JOB_SUCCEEDED = re.compile(r"stockflow\.run_job\[[^\]]+\] succeeded")
@@ -32,16 +42,6 @@ def deliveries_done(worker) -> int:
 @pytest.fixture
 def worker(module_worker):
     return module_worker
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def lock_waiters() -> int:
