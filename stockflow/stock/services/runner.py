@@ -29,7 +29,7 @@ from stockflow.platform.errors import DomainError, ErrorCode
 from stockflow.stock import events, locks, results
 
 from ..models import Job
-from .outbox import UNFINISHED_SQL, lease
+from .outbox import _UNFINISHED, _lease
 
 Handler = Callable[[Job], results.PaymentResult | results.RefundResult]
 # Settles many locked jobs of one kind: {job id: result, DomainError, or unexpected exception}.
@@ -51,7 +51,7 @@ _CLAIM = f"""
         SELECT id, attempts < %(max_attempts)s AS fresh,
                status = '{Job.Status.QUEUED}' OR %(resuming)s
                  OR updated_at <= %(claimed_before)s AS free
-        FROM {_JOBS} WHERE id = %(id)s AND status IN {UNFINISHED_SQL}
+        FROM {_JOBS} WHERE id = %(id)s AND status IN {_UNFINISHED}
         FOR UPDATE {{skip_locked}}
     ), claimed AS (
         UPDATE {_JOBS}
@@ -64,7 +64,7 @@ _CLAIM = f"""
     UNION ALL
     SELECT j.kind, CASE WHEN m.fresh IS FALSE THEN 'exhausted' ELSE 'elsewhere' END
     FROM {_JOBS} j LEFT JOIN mine m ON m.id = j.id
-    WHERE j.id = %(id)s AND j.status IN {UNFINISHED_SQL} AND NOT EXISTS (SELECT 1 FROM claimed)"""
+    WHERE j.id = %(id)s AND j.status IN {_UNFINISHED} AND NOT EXISTS (SELECT 1 FROM claimed)"""
 _CLAIMS = {False: _CLAIM.format(skip_locked="SKIP LOCKED"), True: _CLAIM.format(skip_locked="")}
 
 
@@ -83,7 +83,7 @@ def _claim(job_id, resuming: bool = False) -> tuple[str | None, bool]:
             {
                 "id": job_uuid,
                 "now": now,
-                "lease": lease(Job.Status.RUNNING, now),
+                "lease": _lease(Job.Status.RUNNING, now),
                 "claimed_before": now - lease_age,
                 "max_attempts": settings.JOB_MAX_ATTEMPTS,
                 "resuming": resuming,
@@ -180,7 +180,7 @@ def _apply(job_id, handlers: dict[str, Handler]) -> Job | None:
 # claim commits with their outcome; if the worker dies they are simply queued again.
 _LOCK_BATCH = f"""
     WITH mine AS (
-        SELECT id FROM {_JOBS} WHERE id = %(own)s AND status IN {UNFINISHED_SQL}
+        SELECT id FROM {_JOBS} WHERE id = %(own)s AND status IN {_UNFINISHED}
         FOR UPDATE SKIP LOCKED
     ), others AS (
         SELECT id FROM {_JOBS}
@@ -235,7 +235,7 @@ def _settle(kind, own_id, own_claimed, batch_handler, handlers, is_transient):
                     "own": own_id if own_claimed else None,
                     "kind": kind,
                     "now": now,
-                    "lease": lease(Job.Status.RUNNING, now),
+                    "lease": _lease(Job.Status.RUNNING, now),
                     "max_attempts": settings.JOB_MAX_ATTEMPTS,
                     "others": settings.JOB_BATCH_SIZE - 1,
                 },
@@ -307,7 +307,7 @@ def _release(jobs: list[Job]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             _RELEASE,
-            {"ids": [job.pk for job in jobs], "lease": lease(Job.Status.QUEUED, now), "now": now},
+            {"ids": [job.pk for job in jobs], "lease": _lease(Job.Status.QUEUED, now), "now": now},
         )
 
 
