@@ -238,6 +238,18 @@ JOB_RETRY_BACKOFF_MAX_SECONDS = env_int("JOB_RETRY_BACKOFF_MAX_SECONDS", 30)
 # sale.paid batches: a worker settles its own job plus up to JOB_BATCH_SIZE - 1 other
 # queued PAID jobs (oldest first, SKIP LOCKED) in one transaction; 1 turns batching off.
 JOB_BATCH_SIZE = env_int("JOB_BATCH_SIZE", 50)
+# Routing (workers/routing.py): which queue a job's message goes to. `single`: one queue
+# (CELERY_TASK_DEFAULT_QUEUE) for every job. `location`: a queue per location
+# (stockflow.jobs.location.<id>). `hash`: JOB_SHARDS queues (stockflow.jobs.shard.<location
+# id mod JOB_SHARDS>). Sharded, workers subscribe to some queues (WORKER_QUEUES), a batch
+# holds jobs of one location only, and a flash sale at one location never queues another's
+# jobs behind it.
+JOB_ROUTING = os.environ.get("JOB_ROUTING", "single").strip().lower()
+if JOB_ROUTING not in {"single", "location", "hash"}:
+    raise ValueError(f"JOB_ROUTING must be single, location or hash, not {JOB_ROUTING!r}")
+JOB_SHARDS = env_int("JOB_SHARDS", 4)
+if JOB_SHARDS < 1:
+    raise ValueError(f"JOB_SHARDS must be at least 1, not {JOB_SHARDS}")
 # readyz: a worker must have sent a heartbeat within this many seconds.
 WORKER_HEARTBEAT_MAX_AGE_SECONDS = env_int("WORKER_HEARTBEAT_MAX_AGE_SECONDS", 30)
 

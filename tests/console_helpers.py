@@ -82,6 +82,7 @@ def job(
     return Job.objects.create(
         kind=kind,
         sale=sale,
+        location_id=sale.location_id,
         payload={},
         fingerprint=uuid.uuid4().hex,
         status=status,
@@ -105,6 +106,7 @@ def jobs_bulk(n: int, status: str, *, code="", attempts=1, age_min=5.0):
         Job(
             kind=Job.Kind.SALE_PAID,
             sale=s,
+            location_id=s.location_id,
             payload={},
             fingerprint=uuid.uuid4().hex,
             status=status,

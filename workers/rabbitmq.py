@@ -11,6 +11,7 @@ queues) needs. A message the worker cannot decode is rejected without requeue
 (workers/consumer.py), so the broker dead-letters it too.
 """
 
+from celery.app.amqp import Queues
 from django.conf import settings
 from kombu import Exchange, Queue
 
@@ -32,21 +33,33 @@ def queue_arguments() -> dict:
     }
 
 
+def queue(name: str) -> Queue:
+    """A stockflow queue on RabbitMQ: quorum, its topic exchange, routed by its name."""
+    return Queue(
+        name,
+        Exchange(name, type="topic", durable=True),
+        routing_key=name,
+        durable=True,
+        queue_arguments=queue_arguments(),
+    )
+
+
+class QuorumQueues(Queues):
+    """Queues Celery creates on demand (a shard queue named by -Q or by a publish, see
+    workers/routing.py) are declared like the configured ones; Celery's own
+    task_create_missing_queue_type would give them no delivery limit or dead-lettering."""
+
+    def new_missing(self, name):
+        return queue(name)
+
+
 def configure(app) -> None:
     """Quorum task queues and publisher confirms when the broker is RabbitMQ."""
     conf = app.conf
     if not is_amqp(conf.broker_url):
         return
-    conf.task_queues = [
-        Queue(
-            name,
-            Exchange(name, type="topic", durable=True),
-            routing_key=name,
-            durable=True,
-            queue_arguments=queue_arguments(),
-        )
-        for name in (conf.task_default_queue, settings.PERIODIC_TASK_QUEUE)
-    ]
+    conf.task_queues = [queue(conf.task_default_queue), queue(settings.PERIODIC_TASK_QUEUE)]
+    app.amqp.queues_cls = QuorumQueues
     conf.broker_transport_options = {
         **(conf.broker_transport_options or {}),
         "confirm_publish": True,

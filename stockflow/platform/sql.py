@@ -34,24 +34,35 @@ def insert(obj: models.Model) -> models.Model:
 
 
 @cache
-def _insert_select_sql(model: type[models.Model], with_pk: bool) -> tuple[str, tuple]:
+def _insert_select_sql(
+    model: type[models.Model], with_pk: bool, taken: tuple[tuple[str, str], ...]
+) -> tuple[str, tuple]:
     fields = tuple(f for f in model._meta.concrete_fields if with_pk or not f.primary_key)
+    from_source = dict(taken)
     # Each value cast to its column's type: a parameter in a SELECT list has no column to
     # take its type from (VALUES has; INSERT … SELECT does not).
-    values = ", ".join(f"%s::{f.cast_db_type(connection)}" for f in fields)
+    values = ", ".join(
+        from_source.get(f.attname) or f"%s::{f.cast_db_type(connection)}" for f in fields
+    )
     sql = (
         f"INSERT INTO {model._meta.db_table} ({', '.join(f.column for f in fields)}) "
         f"SELECT {values} FROM "
     )
-    return sql, fields
+    return sql, tuple(f for f in fields if f.attname not in from_source)
 
 
-def insert_select(obj: models.Model, source: str) -> tuple[str, list]:
+def insert_select(
+    obj: models.Model, source: str, taken: dict[str, str] | None = None
+) -> tuple[str, list]:
     """(`INSERT INTO … SELECT %s, … FROM source`, its parameters): one new instance as
     `insert` writes it, written once per row of `source` (a CTE), so that a single
-    statement can insert it only when an earlier part of the statement succeeded. The
-    primary key, if not set, comes from the database and is not returned."""
-    sql, fields = _insert_select_sql(type(obj), obj.pk is not None)
+    statement can insert it only when an earlier part of the statement succeeded. `taken`:
+    the fields (attname: SQL expression over `source`) whose value comes from the row
+    instead of `obj`. The primary key, if not set, comes from the database and is not
+    returned."""
+    sql, fields = _insert_select_sql(
+        type(obj), obj.pk is not None, tuple(sorted((taken or {}).items()))
+    )
     values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
     return sql + source, values
 

@@ -19,9 +19,10 @@ from kombu import Connection, Exchange, Producer
 
 from harness import client as api
 from harness.client import Client
-from stockflow.stock.models import StockMove
+from stockflow.stock.models import Location, StockMove
 from tests.api_helpers import ok, wait_for_job
 from tests.conftest import WebProcess
+from workers import routing
 
 RABBIT = os.environ.get("STOCKFLOW_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672")
 
@@ -130,3 +131,24 @@ def test_a_poison_message_is_dead_lettered_by_the_broker_and_the_worker_runs_on(
     s = ok(api.sale(http, "S-RMQ-AFTER", [api.line("RMQ-2", 1)]), 201)
     job = ok(api.pay(http, s["id"]), 202)["job"]
     assert wait_for_job(http, job["id"])["status"] == "succeeded"
+
+
+def test_sharded_jobs_run_on_quorum_shard_queues(vhost, tmp_path, worker_factory, token):
+    """JOB_ROUTING=hash: the job goes to its location's shard queue, declared like the
+    others (quorum, delivery limit, dead-lettering) by the worker subscribing to it."""
+    broker = f"{RABBIT}/{vhost}"
+    shard = routing.SHARD_QUEUE.format(Location.objects.get_or_create(code="MAIN")[0].pk % 2)
+    env = {"STOCKFLOW_TEST_BROKER_URL": broker, "JOB_ROUTING": "hash", "JOB_SHARDS": "2"}
+    web = WebProcess(tmp_path, "rmq-shard", **env)
+    worker_factory(WORKER_QUEUES=f"{shard},stockflow.periodic", **env)
+    try:
+        with Client(web.url, token, timeout=30) as http:
+            _stock(http, "RMQ-SHARD", 2)
+            s = ok(api.sale(http, "S-RMQ-SHARD", [api.line("RMQ-SHARD", 1)]), 201)
+            job = ok(api.pay(http, s["id"]), 202)["job"]
+            assert wait_for_job(http, job["id"])["status"] == "succeeded"
+    finally:
+        web.stop()
+    found = queues(vhost)[shard]
+    args = {key: value for key, _type, value in found["arguments"]}
+    assert found["type"] == "quorum" and args["x-delivery-limit"] == 20, found

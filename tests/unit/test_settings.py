@@ -145,3 +145,9 @@ def test_the_test_plugin_starts_servers_unless_only_the_unit_tier_runs(
 ):
     monkeypatch.chdir(ROOT)
     assert plugin._unit_only(args) is unit_only
+
+
+@pytest.mark.parametrize(("env", "message"), [("sideways", "JOB_ROUTING"), ("hash", "JOB_SHARDS")])
+def test_routing_refuses_what_it_cannot_route(monkeypatch, env, message):
+    with pytest.raises(ValueError, match=message):
+        _fresh_settings(monkeypatch, JOB_ROUTING=env, JOB_SHARDS="0" if env == "hash" else "4")

@@ -24,6 +24,12 @@ class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
     kind = models.CharField(max_length=32, choices=Kind.choices)
     sale = models.ForeignKey("stock.Sale", on_delete=models.PROTECT, related_name="jobs")
+    # The sale's location, copied when the job is written: the job's queue (JOB_ROUTING)
+    # and, sharded, its batch. No foreign key of its own (the sale's has it checked): one
+    # check fewer on the accept path.
+    location = models.ForeignKey(
+        "stock.Location", on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
     payload = models.JSONField(default=dict)
     # NULL, not "": a request without a key never collides with another (unique constraint).
     idempotency_key = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
@@ -64,6 +70,12 @@ class Job(models.Model):
                 name="job_unfinished_lease",
             ),
             models.Index(fields=["status", "created_at"], name="job_status_created"),
+            # A sharded worker's batch: the oldest queued jobs of one kind at one location.
+            models.Index(
+                fields=["kind", "location", "created_at"],
+                condition=Q(status="queued"),
+                name="job_queued_location",
+            ),
             # Operators search jobs by request id (GET /api/jobs?request_id=, the console).
             models.Index(fields=["request_id"], name="job_request_id"),
             models.Index(

@@ -98,17 +98,18 @@ def earlier(sale: Sale, request: JobRequest) -> Job | None:
 
 def create(sale: Sale, request: JobRequest) -> Job:
     """Write the job row and enqueue it when the surrounding transaction commits."""
-    job = sql.insert(_new_job(sale.pk, request))
+    job = sql.insert(_new_job(sale.pk, sale.location_id, request))
     job.sale = sale
     transaction.on_commit(lambda: enqueue(job))
     return job
 
 
-def _new_job(sale_id: int, request: JobRequest) -> Job:
+def _new_job(sale_id: int, location_id: int | None, request: JobRequest) -> Job:
     now = timezone.now()
     return Job(
         kind=request.kind,
         sale_id=sale_id,
+        location_id=location_id,
         payload=request.payload,
         idempotency_key=request.idempotency_key or None,
         fingerprint=request.fingerprint,
@@ -135,10 +136,11 @@ def create_at_once(
     The sale is share-locked first (FOR KEY SHARE, as the job's foreign key check would
     anyway): a locked path or a worker holding the sale is waited for before this
     statement writes an index entry, so the two never wait on each other."""
-    job = _new_job(sale_id, request)
-    insert_job, params = sql.insert_select(job, "s")
+    job = _new_job(sale_id, None, request)
+    # The job's location is its sale's, read by the same statement.
+    insert_job, params = sql.insert_select(job, "s", taken={"location_id": "s.location_id"})
     statement = (
-        f"WITH s AS (SELECT status FROM {Sale._meta.db_table} WHERE id = %s"
+        f"WITH s AS (SELECT status, location_id FROM {Sale._meta.db_table} WHERE id = %s"
         f" AND status IN {sql.in_list(sorted(sale_status_in))} FOR KEY SHARE),"
         f" ins AS ({insert_job} ON CONFLICT DO NOTHING RETURNING 1)"
     )
@@ -148,10 +150,11 @@ def create_at_once(
         statement += f", also AS ({insert_also})"
         params += also_params
     with connection.cursor() as cursor:
-        cursor.execute(statement + " SELECT s.status FROM s, ins", params)
+        cursor.execute(statement + " SELECT s.status, s.location_id FROM s, ins", params)
         row = cursor.fetchone()
     if row is None:
         return None
+    job.location_id = row[1]
     job._state.adding = False
     job._state.db = connection.alias
     transaction.on_commit(lambda: enqueue(job))  # autocommit: at once

@@ -17,6 +17,7 @@ import datetime
 import json
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import psycopg.errors
 import structlog
@@ -58,23 +59,33 @@ _CLAIM = f"""
         SET status = '{Job.Status.RUNNING}', attempts = attempts + 1,
             started_at = COALESCE(started_at, %(now)s), lease_expires_at = %(lease)s, updated_at = %(now)s
         WHERE id IN (SELECT id FROM mine WHERE fresh AND free)
-        RETURNING kind
+        RETURNING kind, location_id
     )
-    SELECT kind, 'claimed' FROM claimed
+    SELECT kind, location_id, 'claimed' FROM claimed
     UNION ALL
-    SELECT j.kind, CASE WHEN m.fresh IS FALSE THEN 'exhausted' ELSE 'elsewhere' END
+    SELECT j.kind, j.location_id, CASE WHEN m.fresh IS FALSE THEN 'exhausted' ELSE 'elsewhere' END
     FROM {_JOBS} j LEFT JOIN mine m ON m.id = j.id
     WHERE j.id = %(id)s AND j.status IN {_UNFINISHED} AND NOT EXISTS (SELECT 1 FROM claimed)"""
 _CLAIMS = {False: _CLAIM.format(skip_locked="SKIP LOCKED"), True: _CLAIM.format(skip_locked="")}
 
 
-def _claim(job_id, resuming: bool = False) -> tuple[str | None, bool]:
-    """Claim the job for this delivery: (its kind, whether claimed). (None, False) for a
-    finished or unknown job, or one delivered too often (a poison message: failed here).
-    resuming: this delivery continues the one that claimed it (a retry, a redelivery)."""
+class Claim(NamedTuple):
+    kind: str | None
+    location_id: int | None
+    claimed: bool
+
+
+_NOTHING = Claim(None, None, False)
+
+
+def _claim(job_id, resuming: bool = False) -> Claim:
+    """Claim the job for this delivery: its kind and location, and whether it is ours to
+    run. Nothing for a finished or unknown job, or one delivered too often (a poison
+    message: failed here). resuming: this delivery continues the one that claimed it (a
+    retry, a redelivery)."""
     job_uuid = ids.as_uuid(job_id)
     if job_uuid is None:
-        return None, False
+        return _NOTHING
     now = timezone.now()
     lease_age = datetime.timedelta(seconds=settings.JOB_RUNNING_LEASE_SECONDS)
     with connection.cursor() as cursor:
@@ -91,14 +102,14 @@ def _claim(job_id, resuming: bool = False) -> tuple[str | None, bool]:
         )
         row = cursor.fetchone()
     if row is None:
-        return None, False
-    kind, verdict = row
+        return _NOTHING
+    kind, location_id, verdict = row
     if verdict == "exhausted":
         fail(job_uuid, ErrorCode.ERROR, f"gave up after {settings.JOB_MAX_ATTEMPTS} deliveries")
-        return None, False
+        return _NOTHING
     if verdict == "elsewhere":
         logger.debug("job.owned_elsewhere", job_id=str(job_uuid))
-    return kind, verdict == "claimed"
+    return Claim(kind, location_id, verdict == "claimed")
 
 
 _RESULT = Job._meta.get_field("result")  # its own JSON adaptation, as save() would use
@@ -149,8 +160,7 @@ def run(
     JOB_BATCH_SIZE - 1 other queued jobs of that kind (see `_run_batch`)."""
     if batch_handlers and settings.JOB_BATCH_SIZE > 1:
         return _run_batch(job_id, handlers, batch_handlers, is_transient, resuming)
-    _kind, claimed = _claim(job_id, resuming)
-    return _apply(job_id, handlers) if claimed else None
+    return _apply(job_id, handlers) if _claim(job_id, resuming).claimed else None
 
 
 def _apply(job_id, handlers: dict[str, Handler]) -> Job | None:
@@ -176,8 +186,9 @@ def _apply(job_id, handlers: dict[str, Handler]) -> Job | None:
 
 
 # Inside the batch's transaction: lock our claimed job and up to N - 1 queued jobs of its
-# kind, oldest first, never waiting (SKIP LOCKED), and count the others' attempt. Their
-# claim commits with their outcome; if the worker dies they are simply queued again.
+# kind (sharded: and its location, the jobs of this worker's queues), oldest first, never
+# waiting (SKIP LOCKED), and count the others' attempt. Their claim commits with their
+# outcome; if the worker dies they are simply queued again.
 _LOCK_BATCH = f"""
     WITH mine AS (
         SELECT id FROM {_JOBS} WHERE id = %(own)s AND status IN {_UNFINISHED}
@@ -185,7 +196,7 @@ _LOCK_BATCH = f"""
     ), others AS (
         SELECT id FROM {_JOBS}
         WHERE status = '{Job.Status.QUEUED}' AND kind = %(kind)s AND id IS DISTINCT FROM %(own)s
-          AND attempts < %(max_attempts)s
+          AND attempts < %(max_attempts)s {{same_location}}
         ORDER BY created_at, id LIMIT %(others)s FOR UPDATE SKIP LOCKED
     )
     UPDATE {_JOBS} j
@@ -194,6 +205,10 @@ _LOCK_BATCH = f"""
         started_at = COALESCE(j.started_at, %(now)s), lease_expires_at = %(lease)s, updated_at = %(now)s
     WHERE j.id IN (SELECT id FROM mine UNION ALL SELECT id FROM others)
     RETURNING {sql.columns(Job, "j")}"""
+_LOCK_BATCHES = {
+    False: _LOCK_BATCH.format(same_location=""),
+    True: _LOCK_BATCH.format(same_location="AND location_id = %(location)s"),
+}
 
 
 def _run_batch(job_id, handlers, batch_handlers, is_transient, resuming) -> Job | None:
@@ -203,26 +218,25 @@ def _run_batch(job_id, handlers, batch_handlers, is_transient, resuming) -> Job 
     job_uuid = ids.as_uuid(job_id)
     if job_uuid is None:
         return fail(job_id, ErrorCode.ERROR, "unknown job")
-    kind, claimed = _claim(job_uuid, resuming)
+    claim = _claim(job_uuid, resuming)
     own = None
-    if kind in batch_handlers:
-        own, own_left = _settle(
-            kind, job_uuid, claimed, batch_handlers[kind], handlers, is_transient
-        )
+    if claim.kind in batch_handlers:
+        own, own_left = _settle(claim, job_uuid, batch_handlers[claim.kind], handlers, is_transient)
         if own_left:  # left out of the batch: alone
             own = _apply(job_uuid, handlers)
-    elif claimed:  # a kind that is not batched (refunds): one per transaction
+    elif claim.claimed:  # a kind that is not batched (refunds): one per transaction
         own = _apply(job_uuid, handlers)
     return own
 
 
-def _settle(kind, own_id, own_claimed, batch_handler, handlers, is_transient):
+def _settle(claim: Claim, own_id, batch_handler, handlers, is_transient):
     """Settle one batch in one transaction. Returns (our job as it ended if the batch
     settled it, whether our job still needs settling alone). A transient error propagates
     (the whole batch rolls back and is retried); any other error of the transaction (one
     job's write failing a shared statement) settles every job alone instead, so only the
     job at fault fails."""
     started = time.perf_counter()
+    own_claimed = claim.claimed
     jobs: list[Job] = []
     failed = None
     try:
@@ -230,10 +244,11 @@ def _settle(kind, own_id, own_claimed, batch_handler, handlers, is_transient):
             now = timezone.now()
             jobs = sql.fetch(
                 Job,
-                _LOCK_BATCH,
+                _LOCK_BATCHES[settings.JOB_ROUTING != "single"],
                 {
                     "own": own_id if own_claimed else None,
-                    "kind": kind,
+                    "kind": claim.kind,
+                    "location": claim.location_id,
                     "now": now,
                     "lease": _lease(Job.Status.RUNNING, now),
                     "max_attempts": settings.JOB_MAX_ATTEMPTS,
@@ -279,7 +294,7 @@ def _apply_each(jobs: list[Job], own_id, handlers, is_transient) -> Job | None:
                 # The failed batch's claim rolled back: claim the others again, so their
                 # attempts count.
                 applied = (
-                    _apply(job.pk, handlers) if job.pk == own_id or _claim(job.pk)[1] else None
+                    _apply(job.pk, handlers) if job.pk == own_id or _claim(job.pk).claimed else None
                 )
             except Exception as exc:
                 if job.pk == own_id:
