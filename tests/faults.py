@@ -2,6 +2,8 @@
 UPDATE to `paid`, so that its sale.paid job fails with code `error` (not a business
 outcome) in a real worker, and the repair."""
 
+import redis
+from django.conf import settings
 from django.db import connection
 
 
@@ -31,3 +33,8 @@ def allow_paid() -> None:
             "DROP TRIGGER IF EXISTS tests_reject_paid ON sales_sale;"
             "DROP FUNCTION IF EXISTS tests_reject_paid();"
         )
+
+
+def lose_queued_messages(queue: str = "celery") -> None:
+    """The broker lost what it held for the job queue (nothing but a re-send runs those jobs)."""
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(queue)

@@ -8,7 +8,6 @@ import time
 import uuid
 
 import pytest
-import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -17,6 +16,7 @@ from django.test import Client
 from harness import client as api
 from stockflow.accounts.models import AuditEntry
 from stockflow.stock.models import Job, Location, StockMove
+from tests import faults
 from tests.api_helpers import ok, pay, product, receive, sale, wait_for_job
 from tests.console_helpers import a_sale, batch, get_page, job, staff_client, text_of
 from tests.faults import allow_paid, reject_paid
@@ -324,7 +324,7 @@ def test_resend_from_the_console_publishes_a_stuck_job_now(client, worker_factor
     s = sale(client, "S-CJ-2", [("CJ-2", 1)])
     paid = pay(client, s["id"])
     # The broker lost the message (no beat here: nothing would re-send it).
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("celery")
+    faults.lose_queued_messages()
     worker_factory()
     c, token = csrf_client()
     page = get_page(c, f"/console/jobs/{paid['id']}/")

@@ -6,8 +6,6 @@ import threading
 from datetime import datetime
 
 import pytest
-import redis
-from django.conf import settings
 
 from harness import client as api
 from harness.client import Client
@@ -195,7 +193,7 @@ def test_resend_publishes_a_stuck_job_now_and_refuses_a_finished_one(
     s = sale(client, "S-JS-1", [("JS-1", 1)])
     job = pay(client, s["id"])
     # The broker lost the message (no beat runs here: nothing would re-send it).
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("celery")
+    faults.lose_queued_messages()
     worker_factory()
     resent = ok(operator.post(f"/api/jobs/{job['id']}/resend"), 202)["job"]
     assert resent["id"] == job["id"]

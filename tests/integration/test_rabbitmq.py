@@ -14,15 +14,19 @@ import subprocess
 import time
 import uuid
 
+import httpx
 import pytest
 from kombu import Connection, Exchange, Producer
 
 from harness import client as api
 from harness.client import Client
+from harness.processes import BIN, free_port
 from stockflow.stock.models import Location, StockMove
 from tests.api_helpers import ok, wait_for_job
-from tests.conftest import WebProcess
+from tests.conftest import ScriptProcess, WebProcess, script_env
+from tests.integration.test_flower_exporter import poll, samples
 from workers import routing
+from workers.publish import RUN_JOB_TASK
 
 RABBIT = os.environ.get("STOCKFLOW_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672")
 
@@ -152,3 +156,82 @@ def test_sharded_jobs_run_on_quorum_shard_queues(vhost, tmp_path, worker_factory
     found = queues(vhost)[shard]
     args = {key: value for key, _type, value in found["arguments"]}
     assert found["type"] == "quorum" and args["x-delivery-limit"] == 20, found
+
+
+def test_flower_and_the_exporter_read_rabbitmq(rabbit_stack, tmp_path, exporter_venv):
+    """bin/flower and bin/celery-exporter on the RabbitMQ vhost: both see the worker and
+    the run's tasks from its events (a fanout exchange on RabbitMQ, pub/sub on Redis)."""
+    broker, worker = rabbit_stack["broker"], rabbit_stack["worker"]
+    env = {"CELERY_BROKER_URL": broker, "STOCKFLOW_TEST_BROKER_URL": broker}
+    auth = ("tester", "rabbit-pass")
+    flower_port, exporter_port = free_port(), free_port()
+    flower = ScriptProcess(
+        tmp_path,
+        "flower-rmq",
+        [str(BIN / "flower")],
+        script_env(
+            FLOWER_PORT=flower_port, FLOWER_BASIC_AUTH=":".join(auth), FLOWER_ADDRESS="127.0.0.1"
+        )
+        | env,
+    )
+    exporter = ScriptProcess(
+        tmp_path,
+        "exporter-rmq",
+        [str(BIN / "celery-exporter")],
+        script_env(EXPORTER_PORT=exporter_port, EXPORTER_ADDRESS="127.0.0.1") | env,
+    )
+    host = socket.gethostname()
+    try:
+        with httpx.Client(timeout=30) as http:
+            flower_metrics = f"http://127.0.0.1:{flower_port}/metrics"
+            exporter_metrics = f"http://127.0.0.1:{exporter_port}/metrics"
+            poll(
+                "flower sees the worker",
+                lambda: http.get(flower_metrics, auth=auth).text,
+                lambda text: (
+                    samples(text, "flower_worker_online", worker=f"{worker.name}@{host}") == [1.0]
+                ),
+                flower,
+            )
+            poll(
+                "exporter sees the worker",
+                lambda: http.get(exporter_metrics).text,
+                lambda text: samples(text, "celery_worker_up", hostname=host) == [1.0],
+                exporter,
+            )
+            _stock(rabbit_stack["http"], "RMQ-FLW", 5)
+            for i in range(3):
+                s = ok(
+                    api.sale(rabbit_stack["http"], f"S-RMQ-FLW-{i}", [api.line("RMQ-FLW", 1)]), 201
+                )
+                job = ok(api.pay(rabbit_stack["http"], s["id"]), 202)["job"]
+                assert wait_for_job(rabbit_stack["http"], job["id"])["status"] == "succeeded"
+            poll(
+                "exporter counts the run's tasks",
+                lambda: http.get(exporter_metrics).text,
+                lambda text: (
+                    sum(
+                        samples(
+                            text, "celery_task_succeeded_total", name=RUN_JOB_TASK, hostname=host
+                        )
+                    )
+                    >= 3
+                ),
+                exporter,
+            )
+            poll(
+                "flower counts the run's tasks",
+                lambda: http.get(flower_metrics, auth=auth).text,
+                lambda text: (
+                    sum(
+                        samples(
+                            text, "flower_events_total", task=RUN_JOB_TASK, type="task-succeeded"
+                        )
+                    )
+                    >= 3
+                ),
+                flower,
+            )
+    finally:
+        flower.stop()
+        exporter.stop()

@@ -17,7 +17,7 @@ from stockflow.platform.errors import DomainError, ErrorCode
 from stockflow.stock import locks
 
 from ..models import Job
-from .outbox import _lease, enqueue
+from .outbox import enqueue, lease
 
 logger = structlog.get_logger("stockflow.domain")
 
@@ -61,7 +61,7 @@ def retry(job_id) -> Job:
         failed_with = job.error_message
         job.status = Job.Status.QUEUED
         job.result, job.error_code, job.error_message, job.finished_at = None, "", "", None
-        job.lease_expires_at = _lease(Job.Status.QUEUED, now)
+        job.lease_expires_at = lease(Job.Status.QUEUED, now)
         try:
             with transaction.atomic():  # a savepoint: the unique index may refuse it
                 job.save(
@@ -102,7 +102,7 @@ def resend(job_id) -> Job:
                 ErrorCode.NOT_RETRYABLE,
                 f"job {job.pk} is {job.status}: only a queued or running job can be re-sent",
             )
-        job.lease_expires_at = _lease(job.status, timezone.now())
+        job.lease_expires_at = lease(job.status, timezone.now())
         job.save(update_fields=["lease_expires_at", "updated_at"])
         transaction.on_commit(lambda: enqueue(job))
     logger.info("job.resent", job_id=str(job.pk), job_kind=job.kind, status=job.status)

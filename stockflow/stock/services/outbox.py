@@ -44,7 +44,7 @@ def fingerprint(kind: str, payload: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _lease(status: str, now: datetime.datetime) -> datetime.datetime:
+def lease(status: str, now: datetime.datetime) -> datetime.datetime:
     seconds = (
         settings.JOB_QUEUED_LEASE_SECONDS
         if status == Job.Status.QUEUED
@@ -115,7 +115,7 @@ def _new_job(sale_id: int, location_id: int | None, request: JobRequest) -> Job:
         fingerprint=request.fingerprint,
         request_id=request.request_id,
         created_at=now,
-        lease_expires_at=_lease(Job.Status.QUEUED, now),
+        lease_expires_at=lease(Job.Status.QUEUED, now),
     )
 
 
@@ -161,11 +161,11 @@ def create_at_once(
     return job, row[0]
 
 
-_UNFINISHED = sql.in_list(Job.UNFINISHED)
+UNFINISHED_SQL = sql.in_list(Job.UNFINISHED)
 _EARLIER = f"""
     SELECT {sql.columns(Job, "j")} FROM {Job._meta.db_table} j
     WHERE sale_id = %(sale)s AND kind = %(kind)s
-      AND (idempotency_key = %(key)s OR (%(one_at_a_time)s AND status IN {_UNFINISHED}))
+      AND (idempotency_key = %(key)s OR (%(one_at_a_time)s AND status IN {UNFINISHED_SQL}))
     ORDER BY created_at"""
 
 
@@ -181,7 +181,7 @@ def reconcile(limit: int = 500) -> int:
             .order_by("lease_expires_at")[:limit]
         )
         for job in stale:
-            job.lease_expires_at = _lease(job.status, now)
+            job.lease_expires_at = lease(job.status, now)
         Job.objects.bulk_update(stale, ["lease_expires_at"])
         transaction.on_commit(lambda: [enqueue(job) for job in stale])
     return len(stale)

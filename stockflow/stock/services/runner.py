@@ -30,7 +30,7 @@ from stockflow.platform.errors import DomainError, ErrorCode
 from stockflow.stock import events, locks, results
 
 from ..models import Job
-from .outbox import _UNFINISHED, _lease
+from .outbox import UNFINISHED_SQL, enqueue, lease
 
 Handler = Callable[[Job], results.PaymentResult | results.RefundResult]
 # Settles many locked jobs of one kind: {job id: result, DomainError, or unexpected exception}.
@@ -52,7 +52,7 @@ _CLAIM = f"""
         SELECT id, attempts < %(max_attempts)s AS fresh,
                status = '{Job.Status.QUEUED}' OR %(resuming)s
                  OR updated_at <= %(claimed_before)s AS free
-        FROM {_JOBS} WHERE id = %(id)s AND status IN {_UNFINISHED}
+        FROM {_JOBS} WHERE id = %(id)s AND status IN {UNFINISHED_SQL}
         FOR UPDATE {{skip_locked}}
     ), claimed AS (
         UPDATE {_JOBS}
@@ -65,7 +65,7 @@ _CLAIM = f"""
     UNION ALL
     SELECT j.kind, j.location_id, CASE WHEN m.fresh IS FALSE THEN 'exhausted' ELSE 'elsewhere' END
     FROM {_JOBS} j LEFT JOIN mine m ON m.id = j.id
-    WHERE j.id = %(id)s AND j.status IN {_UNFINISHED} AND NOT EXISTS (SELECT 1 FROM claimed)"""
+    WHERE j.id = %(id)s AND j.status IN {UNFINISHED_SQL} AND NOT EXISTS (SELECT 1 FROM claimed)"""
 _CLAIMS = {False: _CLAIM.format(skip_locked="SKIP LOCKED"), True: _CLAIM.format(skip_locked="")}
 
 
@@ -94,7 +94,7 @@ def _claim(job_id, resuming: bool = False) -> Claim:
             {
                 "id": job_uuid,
                 "now": now,
-                "lease": _lease(Job.Status.RUNNING, now),
+                "lease": lease(Job.Status.RUNNING, now),
                 "claimed_before": now - lease_age,
                 "max_attempts": settings.JOB_MAX_ATTEMPTS,
                 "resuming": resuming,
@@ -191,7 +191,7 @@ def _apply(job_id, handlers: dict[str, Handler]) -> Job | None:
 # outcome; if the worker dies they are simply queued again.
 _LOCK_BATCH = f"""
     WITH mine AS (
-        SELECT id FROM {_JOBS} WHERE id = %(own)s AND status IN {_UNFINISHED}
+        SELECT id FROM {_JOBS} WHERE id = %(own)s AND status IN {UNFINISHED_SQL}
         FOR UPDATE SKIP LOCKED
     ), others AS (
         SELECT id FROM {_JOBS}
@@ -250,7 +250,7 @@ def _settle(claim: Claim, own_id, batch_handler, handlers, is_transient):
                     "kind": claim.kind,
                     "location": claim.location_id,
                     "now": now,
-                    "lease": _lease(Job.Status.RUNNING, now),
+                    "lease": lease(Job.Status.RUNNING, now),
                     "max_attempts": settings.JOB_MAX_ATTEMPTS,
                     "others": settings.JOB_BATCH_SIZE - 1,
                 },
@@ -315,15 +315,18 @@ _RELEASE = f"""
 
 def _release(jobs: list[Job]) -> None:
     """Give back jobs this delivery claimed for a batch but did not settle: `queued`
-    again (their attempt counted), so their own delivery may claim them."""
+    again (their attempt counted), and sent again: their own delivery may have come and
+    gone while the batch held them (it found them owned elsewhere), and without a new
+    message they would wait for the reconciler."""
     if not jobs:
         return
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
             _RELEASE,
-            {"ids": [job.pk for job in jobs], "lease": _lease(Job.Status.QUEUED, now), "now": now},
+            {"ids": [job.pk for job in jobs], "lease": lease(Job.Status.QUEUED, now), "now": now},
         )
+    transaction.on_commit(lambda: [enqueue(job) for job in jobs])
 
 
 def _bound(job: Job):
