@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | c
 PORT  ?= 8000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test test-unit test-integration test-system lint demo check-ledger services-stop lock exporter-install exporter-lock check-monitoring monitoring-live bench chaos
+.PHONY: install run test test-unit test-integration test-system test-pgbouncer lint demo check-ledger services-stop lock exporter-install exporter-lock check-monitoring monitoring-live bench chaos
 
 # requirements.lock: what the service runs on (the image installs only that);
 # requirements-dev.lock: the same pins plus the test tools and the embedded servers.
@@ -42,6 +42,16 @@ test-unit: install
 ## Real PostgreSQL, Redis and Celery worker processes.
 test-integration: install
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+## The integration tier again, every database connection through PgBouncer in transaction
+## pooling mode (harness/pgbouncer.py, docs/pgbouncer.md): pytest, web and worker processes.
+## pytest-django keeps the test database (--reuse-db): PgBouncer holds connections to it, so
+## the harness drops it directly once PgBouncer has stopped.
+PGBOUNCER_PORT ?= 0
+PGBOUNCER_WORKDIR ?= .state/pgbouncer-test
+test-pgbouncer: install
+	DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m harness.pgbouncer run --port $(PGBOUNCER_PORT) \
+	  --workdir $(PGBOUNCER_WORKDIR) -- $(PY) -m pytest tests/integration --reuse-db $(PYTEST_ARGS)
 
 ## Whole-stack runs: chaos and bench smoke, the browser, fuzzing.
 test-system: install

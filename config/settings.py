@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from config import pooler
 from config.env import env_bool, env_int, env_list, env_networks
 from config.guards import check_production, proxy_ssl_header
 
@@ -108,19 +109,33 @@ DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DB_
 # CELERY_TASK_SOFT_TIME_LIMIT, so a lock wait ends as a retried `lock_timeout`, never as
 # SoftTimeLimitExceeded. manage.py (migrate, check_ledger on a big ledger) runs statements
 # as long as they take (0: no limit) and waits a little longer for locks.
+# idle_in_transaction_session_timeout: a web or worker host that vanishes mid-transaction
+# (power, network: no FIN, so PostgreSQL never hears the client is gone) would hold its rows
+# for hours, and every batch needing one of them would wait and fail; PostgreSQL ends such a
+# session after this long instead (tests/system/test_multihost.py). Their transactions never
+# idle on purpose; an operator's `manage.py shell` may.
+DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = env_int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 10000)
 DB_TIMEOUTS_BY_ROLE = {
     role: f"-c lock_timeout={lock_ms} -c statement_timeout={statement_ms}"
-    for role, lock_ms, statement_ms in (
-        ("web", env_int("DB_LOCK_TIMEOUT_MS", 1500), env_int("DB_STATEMENT_TIMEOUT_MS", 5000)),
+    f" -c idle_in_transaction_session_timeout={idle_ms}"
+    for role, lock_ms, statement_ms, idle_ms in (
+        (
+            "web",
+            env_int("DB_LOCK_TIMEOUT_MS", 1500),
+            env_int("DB_STATEMENT_TIMEOUT_MS", 5000),
+            DB_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+        ),
         (
             "worker",
             env_int("WORKER_DB_LOCK_TIMEOUT_MS", 5000),
             env_int("WORKER_DB_STATEMENT_TIMEOUT_MS", 30000),
+            DB_IDLE_IN_TRANSACTION_TIMEOUT_MS,
         ),
         (
             "manage",
             env_int("MANAGE_DB_LOCK_TIMEOUT_MS", 10000),
             env_int("MANAGE_DB_STATEMENT_TIMEOUT_MS", 0),
+            0,
         ),
     )
 }
@@ -128,16 +143,43 @@ DB_TIMEOUTS_BY_ROLE = {
 # its hard time limit) ends its transaction within a second, even mid-statement, instead of
 # holding its rows until the statement ends. DATABASE_URL's own `options`, then PGOPTIONS
 # (which libpq would otherwise ignore), come last: they win.
-DATABASES["default"]["OPTIONS"]["options"] = " ".join(
-    part
-    for part in (
-        DB_TIMEOUTS_BY_ROLE["manage" if os.environ.get("STOCKFLOW_PROCESS") == "manage" else "web"],
-        "-c client_connection_check_interval=1000",
-        DATABASES["default"]["OPTIONS"].get("options", ""),
-        os.environ.get("PGOPTIONS", ""),
+DB_SESSION_OPTIONS_BY_ROLE = {
+    role: " ".join(
+        part
+        for part in (
+            timeouts,
+            "-c client_connection_check_interval=1000",
+            DATABASES["default"]["OPTIONS"].get("options", ""),
+            os.environ.get("PGOPTIONS", ""),
+        )
+        if part
     )
-    if part
-)
+    for role, timeouts in DB_TIMEOUTS_BY_ROLE.items()
+}
+DB_PROCESS_ROLE = "manage" if os.environ.get("STOCKFLOW_PROCESS") == "manage" else "web"
+# DATABASE_POOLER=pgbouncer: DATABASE_URL is PgBouncer in transaction pooling mode
+# (docs/pgbouncer.md). A server connection then serves other clients between our
+# transactions: no session state. The role's session options are its PgBouncer pool's
+# (config/pooler.py: one alias per role, whose connect_query SETs them), not a startup
+# parameter PgBouncer would refuse; no server-side prepared statements (with server-side
+# binding psycopg prepares from a statement's 5th run, on a server connection the next
+# transaction may not get) nor WITH HOLD cursors (.iterator()). Unset: a direct
+# connection, with the options as startup parameter.
+DATABASE_POOLER = pooler.check_pooler(os.environ.get("DATABASE_POOLER", ""))
+# What each role connects to: its PgBouncer alias behind the pooler (the worker switches to
+# its own at celeryd_init, workers/signals.py), else the database.
+DB_NAME_BY_ROLE = {
+    role: pooler.alias(DATABASES["default"]["NAME"], role)
+    if DATABASE_POOLER
+    else DATABASES["default"]["NAME"]
+    for role in DB_TIMEOUTS_BY_ROLE
+}
+DATABASES["default"]["NAME"] = DB_NAME_BY_ROLE[DB_PROCESS_ROLE]
+if DATABASE_POOLER:
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+else:
+    DATABASES["default"]["OPTIONS"]["options"] = DB_SESSION_OPTIONS_BY_ROLE[DB_PROCESS_ROLE]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL") or UNSET_REDIS_URL

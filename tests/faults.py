@@ -2,6 +2,7 @@
 UPDATE to `paid`, so that its sale.paid job fails with code `error` (not a business
 outcome) in a real worker, and the repair."""
 
+import psycopg
 import redis
 from django.conf import settings
 from django.db import connection
@@ -38,3 +39,12 @@ def allow_paid() -> None:
 def lose_queued_messages(queue: str = "celery") -> None:
     """The broker lost what it held for the job queue (nothing but a re-send runs those jobs)."""
     redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(queue)
+
+
+def lock_holder() -> psycopg.Connection:
+    """Another PostgreSQL session, as the test's own connection is configured, inside a
+    transaction exempt from idle_in_transaction_session_timeout (SET LOCAL: nothing outlives
+    it, also behind PgBouncer): the rows it locks stay held as long as the test needs."""
+    holder = psycopg.connect(**connection.get_connection_params())
+    holder.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+    return holder

@@ -3,6 +3,7 @@
 import re
 import shutil
 import subprocess
+import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -87,3 +88,32 @@ def cardinality_problems(parsed: dict) -> list[str]:
             if any(p.search(val) for p in _SUSPICIOUS):
                 problems.append(f"{name}: {label}={val!r} looks like an id, e-mail or raw path")
     return problems
+
+
+def poll(what: str, fetch, done, proc, timeout: float = 40):
+    """fetch() until done(value), while `proc` (a tests.conftest.ScriptProcess) is alive; the
+    last value (or error) goes into the failure message."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        proc.check_alive()
+        try:
+            last = fetch()
+            if done(last):
+                return last
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.3)
+    raise AssertionError(
+        f"{what}: not after {timeout}s; last: {str(last)[-2000:]}\n{proc.log()[-4000:]}"
+    )
+
+
+def series(text: str, metric: str, /, **labels) -> list[float]:
+    """Values of the series `metric` whose labels include `labels`."""
+    out = []
+    for m in re.finditer(rf"^{re.escape(metric)}\{{(.*?)\}} (\S+)$", text, re.MULTILINE):
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1)))
+        if all(found.get(k) == v for k, v in labels.items()):
+            out.append(float(m.group(2)))
+    return out

@@ -39,11 +39,18 @@ def _bootstrap_worker(**kwargs):
 def _worker_db_timeouts() -> None:
     """The worker's lock and statement timeouts instead of the web's (config/settings.py),
     for every connection this process and its children open; what follows them in the
-    options (DATABASE_URL's, PGOPTIONS) still wins."""
-    options = settings.DATABASES["default"]["OPTIONS"]
-    web, worker = settings.DB_TIMEOUTS_BY_ROLE["web"], settings.DB_TIMEOUTS_BY_ROLE["worker"]
-    current = options.get("options", "")
-    options["options"] = worker + current[len(web) :] if current.startswith(web) else current
+    options (DATABASE_URL's, PGOPTIONS) still wins. Behind PgBouncer (DATABASE_POOLER) the
+    timeouts are the pool's: the worker's alias instead of the web's (config/pooler.py), as
+    the web's options are swapped for the worker's here otherwise."""
+    database = settings.DATABASES["default"]
+    if settings.DATABASE_POOLER:
+        if database["NAME"] == settings.DB_NAME_BY_ROLE["web"]:
+            database["NAME"] = settings.DB_NAME_BY_ROLE["worker"]
+    else:
+        options = database["OPTIONS"]
+        web, worker = settings.DB_TIMEOUTS_BY_ROLE["web"], settings.DB_TIMEOUTS_BY_ROLE["worker"]
+        current = options.get("options", "")
+        options["options"] = worker + current[len(web) :] if current.startswith(web) else current
     connections.close_all()  # none should be open yet; one that is would keep the web's
 
 

@@ -5,10 +5,8 @@ wait for nothing and count nothing."""
 import re
 import time
 
-import psycopg
-from django.db import connection
-
 from stockflow.stock.models import Job, StockMove, StockOnHand
+from tests import faults
 from tests.api_helpers import on_hand, pay, product, receive, sale, wait_for_job, wait_until
 from workers import publish as dispatch
 
@@ -19,7 +17,7 @@ class StockHold:
     """FOR UPDATE on a batch's on-hand row from another session: a job reaching it waits."""
 
     def __init__(self, batch_id):
-        self.conn = psycopg.connect(**connection.get_connection_params())
+        self.conn = faults.lock_holder()
         self.conn.execute(
             f"SELECT 1 FROM {StockOnHand._meta.db_table} WHERE batch_id = %s FOR UPDATE",
             [batch_id],

@@ -9,12 +9,12 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import psycopg
 from django.db import connection
 from django.db.models import Count
 
 from stockflow.stock import invariants
 from stockflow.stock.models import Job, StockMove, StockOnHand
+from tests import faults
 from tests.api_helpers import on_hand, pay, product, receive, sale, wait_until
 from workers import publish as dispatch
 
@@ -43,7 +43,7 @@ class StockRowLock:
     """FOR UPDATE on on-hand rows from another session: a batch reaching them waits."""
 
     def __init__(self, batch_ids):
-        self.conn = psycopg.connect(**connection.get_connection_params())
+        self.conn = faults.lock_holder()
         self.conn.execute(
             f"SELECT 1 FROM {StockOnHand._meta.db_table} WHERE batch_id = ANY(%s) FOR UPDATE",
             [list(batch_ids)],

@@ -7,7 +7,6 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psycopg
 from django.db import connection
 
 from harness import client as api
@@ -15,6 +14,7 @@ from harness.client import Client
 from stockflow.accounts.models import AuditEntry
 from stockflow.stock.models import Job, Sale, StockOnHand
 from stockflow.stock.services import outbox
+from tests import faults
 from tests.api_helpers import ok, pay, product, receive, sale, wait_for_job, wait_until
 from tests.conftest import WebProcess
 from workers.celery import app
@@ -25,7 +25,7 @@ SALES = Sale._meta.db_table
 @contextlib.contextmanager
 def held(statement: str, params: list):
     """Rows locked FOR UPDATE by another PostgreSQL session until the block ends."""
-    with psycopg.connect(**connection.get_connection_params()) as holder:
+    with faults.lock_holder() as holder:
         holder.execute(statement, params).fetchall()
         try:
             yield

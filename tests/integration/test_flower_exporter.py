@@ -2,10 +2,8 @@
 bin/flower and bin/celery-exporter started exactly as the Procfile starts them, pointed at
 the test broker; paid sales through the API; then both must list that run's tasks."""
 
-import re
 import secrets
 import socket
-import time
 from pathlib import Path
 
 import httpx
@@ -15,37 +13,10 @@ from django.conf import settings
 from harness.processes import BIN, free_port
 from tests.api_helpers import pay_and_wait, product, receive, sale
 from tests.conftest import ScriptProcess, script_env
+from tests.metrics_helpers import poll, series
 
 RUN_JOB = "stockflow.run_job"
 SALES = 4
-
-
-def poll(what: str, fetch, done, proc: ScriptProcess, timeout: float = 40):
-    """fetch() until done(value); the last value (or error) goes into the failure message."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        proc.check_alive()
-        try:
-            last = fetch()
-            if done(last):
-                return last
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.3)
-    raise AssertionError(
-        f"{what}: not after {timeout}s; last: {str(last)[-2000:]}\n{proc.log()[-4000:]}"
-    )
-
-
-def samples(text: str, metric: str, /, **labels) -> list[float]:
-    """Values of the series `metric` whose labels include `labels`."""
-    out = []
-    for m in re.finditer(rf"^{re.escape(metric)}\{{(.*?)\}} (\S+)$", text, re.MULTILINE):
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1)))
-        if all(found.get(k) == v for k, v in labels.items()):
-            out.append(float(m.group(2)))
-    return out
 
 
 @pytest.fixture
@@ -92,13 +63,13 @@ def test_flower_and_exporter_list_the_tasks_of_a_run(client, worker, flower, exp
     poll(
         "flower sees the worker",
         lambda: http.get(f"{flower.url}/metrics", auth=flower.auth).text,
-        lambda text: samples(text, "flower_worker_online", worker=worker_name) == [1.0],
+        lambda text: series(text, "flower_worker_online", worker=worker_name) == [1.0],
         flower,
     )
     poll(
         "exporter sees the worker",
         lambda: http.get(f"{exporter.url}/metrics").text,
-        lambda text: samples(text, "celery_worker_up", hostname=host) == [1.0],
+        lambda text: series(text, "celery_worker_up", hostname=host) == [1.0],
         exporter,
     )
 
@@ -139,7 +110,7 @@ def test_flower_and_exporter_list_the_tasks_of_a_run(client, worker, flower, exp
 
     # celery-exporter: succeeded run_job tasks counted from the events, the worker up, the queue.
     def succeeded(text: str) -> float:
-        return sum(samples(text, "celery_task_succeeded_total", name=RUN_JOB, hostname=host))
+        return sum(series(text, "celery_task_succeeded_total", name=RUN_JOB, hostname=host))
 
     metrics = poll(
         "exporter counts the run's run_job tasks",
@@ -147,9 +118,9 @@ def test_flower_and_exporter_list_the_tasks_of_a_run(client, worker, flower, exp
         lambda text: succeeded(text) >= SALES,
         exporter,
     )
-    assert samples(metrics, "celery_worker_up", hostname=host) == [1.0]
-    assert samples(metrics, "celery_task_runtime_count", name=RUN_JOB, hostname=host)
-    assert samples(metrics, "celery_queue_length", queue_name="celery")
+    assert series(metrics, "celery_worker_up", hostname=host) == [1.0]
+    assert series(metrics, "celery_task_runtime_count", name=RUN_JOB, hostname=host)
+    assert series(metrics, "celery_queue_length", queue_name="celery")
     # bin/celery-exporter execs the exporter (same pid); the broker URL (it may carry a
     # password) travels by environment, never argv, so `ps` does not show it.
     cmdline = Path(f"/proc/{exporter.proc.pid}/cmdline").read_bytes().decode()

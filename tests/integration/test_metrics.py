@@ -8,9 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
-from django.db import connection
 
 from harness.processes import free_port
 from monitoring.snapshot import (
@@ -20,6 +18,7 @@ from monitoring.snapshot import (
     names_of,
     read_snapshot,
 )
+from tests import faults
 from tests.api_helpers import ok, pay, pay_and_wait, product, receive, refund, sale, wait_for_job
 from tests.conftest import ScriptProcess, script_env
 from tests.metrics_helpers import (
@@ -228,7 +227,7 @@ def test_snapshot_names_of_web_and_worker_are_in_their_live_expositions(
         wait_for_job(client, ok(refund(client, sold["id"], "snap-1"), 202)["job"]["id"])["status"]
         == "succeeded"
     )
-    with psycopg.connect(**connection.get_connection_params()) as holder:
+    with faults.lock_holder() as holder:
         # The stock row both jobs lock after the sale: each attempt times out, is retried once, fails.
         holder.execute(
             "SELECT 1 FROM inventory_stockonhand WHERE batch_id = %s FOR UPDATE",

@@ -24,7 +24,7 @@ from harness.processes import BIN, free_port
 from stockflow.stock.models import Location, StockMove
 from tests.api_helpers import ok, wait_for_job
 from tests.conftest import ScriptProcess, WebProcess, script_env
-from tests.integration.test_flower_exporter import poll, samples
+from tests.metrics_helpers import poll, series
 from workers import routing
 from workers.publish import RUN_JOB_TASK
 
@@ -189,14 +189,14 @@ def test_flower_and_the_exporter_read_rabbitmq(rabbit_stack, tmp_path, exporter_
                 "flower sees the worker",
                 lambda: http.get(flower_metrics, auth=auth).text,
                 lambda text: (
-                    samples(text, "flower_worker_online", worker=f"{worker.name}@{host}") == [1.0]
+                    series(text, "flower_worker_online", worker=f"{worker.name}@{host}") == [1.0]
                 ),
                 flower,
             )
             poll(
                 "exporter sees the worker",
                 lambda: http.get(exporter_metrics).text,
-                lambda text: samples(text, "celery_worker_up", hostname=host) == [1.0],
+                lambda text: series(text, "celery_worker_up", hostname=host) == [1.0],
                 exporter,
             )
             _stock(rabbit_stack["http"], "RMQ-FLW", 5)
@@ -211,7 +211,7 @@ def test_flower_and_the_exporter_read_rabbitmq(rabbit_stack, tmp_path, exporter_
                 lambda: http.get(exporter_metrics).text,
                 lambda text: (
                     sum(
-                        samples(
+                        series(
                             text, "celery_task_succeeded_total", name=RUN_JOB_TASK, hostname=host
                         )
                     )
@@ -224,7 +224,7 @@ def test_flower_and_the_exporter_read_rabbitmq(rabbit_stack, tmp_path, exporter_
                 lambda: http.get(flower_metrics, auth=auth).text,
                 lambda text: (
                     sum(
-                        samples(
+                        series(
                             text, "flower_events_total", task=RUN_JOB_TASK, type="task-succeeded"
                         )
                     )

@@ -17,13 +17,13 @@ import json
 import re
 import time
 
-import psycopg
 import pytest
 import sentry_sdk
 from django.db import connection
 from sentry_sdk.integrations.django import DjangoIntegration
 
 from stockflow.observability import sentry as app_sentry
+from tests import faults
 from tests.api_helpers import ok, pay, product, receive, refund, sale, wait_for_job
 from tests.sentry_server import SentryServer
 
@@ -411,7 +411,7 @@ def test_business_failures_successes_and_retries_send_no_event(client, web_sentr
     product(client, "SNT-RETRY")
     batch = receive(client, "SNT-RETRY", "L1", 5, 30)
     s = sale(client, "S-SENTRY-RETRY", [("SNT-RETRY", 1)])
-    with psycopg.connect(**connection.get_connection_params()) as holder:
+    with faults.lock_holder() as holder:
         # The stock row: the job locks it after the sale; the API request does not touch it.
         holder.execute(
             "SELECT 1 FROM inventory_stockonhand WHERE batch_id = %s FOR UPDATE",
@@ -452,7 +452,7 @@ def test_retries_exhausted_fail_the_job_and_send_exactly_one_event(
     product(client, "SNT-STUCK")
     batch = receive(client, "SNT-STUCK", "L1", 5, 30)
     s = sale(client, "S-SENTRY-STUCK", [("SNT-STUCK", 1)])
-    with psycopg.connect(**connection.get_connection_params()) as holder:
+    with faults.lock_holder() as holder:
         holder.execute(
             "SELECT 1 FROM inventory_stockonhand WHERE batch_id = %s FOR UPDATE",
             [batch["batch_id"]],

@@ -3,11 +3,15 @@ what the Procfile runs, every mounted file exists, every service has a healthche
 says why not), depends_on waits on conditions, and the monitoring configs, secrets and
 .env.example agree with it. No database needed."""
 
+import configparser
 import os
 import re
+import runpy
 from pathlib import Path
 
 import pytest
+
+from config import pooler
 
 try:
     import yaml
@@ -36,6 +40,7 @@ SERVICES = {
     "alertmanager",
     "grafana",
     "rabbitmq",  # profile `rabbitmq`: the broker when CELERY_BROKER_URL is amqp://
+    "pgbouncer",  # transaction pooling between the app processes and PostgreSQL
 }
 # Procfile commands compose runs from an upstream image instead: command -> service
 # (checked in test_celery_exporter_matches_bin_celery_exporter).
@@ -203,6 +208,7 @@ def test_depends_on_waits_on_conditions(services):
         deps = services[name]["depends_on"]
         assert deps["postgres"]["condition"] == deps["redis"]["condition"] == "service_healthy"
         assert deps["migrate"]["condition"] == "service_completed_successfully"
+        assert deps["pgbouncer"]["condition"] == "service_healthy"
 
 
 def test_mounted_files_and_build_files_exist(compose, services):
@@ -314,3 +320,51 @@ def test_env_example_covers_compose_and_holds_no_secrets(services):
             )
     # Prometheus scrapes the web by its service name: Django must accept that host.
     assert "web" in example["DJANGO_ALLOWED_HOSTS"].split(",")
+
+
+# --- PgBouncer (docs/pgbouncer.md) ---------------------------------------------------------
+
+PGBOUNCER_INI = COMPOSE_DIR / "pgbouncer.ini"
+APP_DB = (
+    "postgresql://${POSTGRES_USER:-stockflow}:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env}@"
+)
+
+
+def pgbouncer_ini() -> configparser.ConfigParser:
+    ini = configparser.ConfigParser(delimiters=("=",), comment_prefixes=(";",), interpolation=None)
+    ini.optionxform = str  # database names keep their case
+    ini.read_string(PGBOUNCER_INI.read_text())
+    return ini
+
+
+def test_app_services_reach_postgresql_through_pgbouncer_and_migrate_directly(services):
+    for name in ("web", "worker", "beat"):
+        env = services[name]["environment"]
+        assert env["DATABASE_URL"] == APP_DB + "pgbouncer:6432/${POSTGRES_DB:-stockflow}", name
+        assert env["DATABASE_POOLER"] == "pgbouncer", name
+    migrate = services["migrate"]["environment"]
+    assert migrate["DATABASE_URL"] == APP_DB + "postgres:5432/${POSTGRES_DB:-stockflow}"
+    assert migrate["DATABASE_POOLER"] == ""
+    assert "pgbouncer" not in services["migrate"]["depends_on"]
+
+
+def test_pgbouncer_pools_transactions_with_the_settings_timeouts_per_role(services, monkeypatch):
+    pgbouncer = services["pgbouncer"]
+    assert ("./pgbouncer.ini", "/etc/stockflow/pgbouncer.ini") in mounts(pgbouncer)
+    assert "/etc/stockflow/pgbouncer.ini" in " ".join(command_list(pgbouncer))
+    assert "postgres_password" in pgbouncer["secrets"]
+    ini = pgbouncer_ini()
+    assert ini["pgbouncer"]["pool_mode"] == "transaction"
+    assert ini["pgbouncer"]["listen_port"] == "6432"
+    # The roles' session options at the settings' defaults, as a direct connection has them.
+    for key in [k for k in os.environ if k.endswith("_TIMEOUT_MS")] + ["PGOPTIONS"]:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://stockflow@postgres:5432/stockflow")
+    settings = runpy.run_path(str(ROOT / "config/settings.py"))
+    databases = ini["databases"]
+    assert len(databases) == len(pooler.ROLES)
+    for role in pooler.ROLES:
+        entry = databases[pooler.alias("@POSTGRES_DB@", role)]
+        assert "dbname=@POSTGRES_DB@ " in entry and "host=postgres port=5432" in entry
+        query = re.search(r"connect_query='([^']*)'", entry).group(1)
+        assert query == pooler.connect_query(settings["DB_SESSION_OPTIONS_BY_ROLE"][role]), role
