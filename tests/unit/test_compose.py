@@ -41,6 +41,8 @@ SERVICES = {
     "grafana",
     "rabbitmq",  # profile `rabbitmq`: the broker when CELERY_BROKER_URL is amqp://
     "pgbouncer",  # transaction pooling between the app processes and PostgreSQL
+    "worker-shard-0",  # profile `sharded`: the workers of one shard's queue (JOB_ROUTING=hash)
+    "worker-shard-1",
 }
 # Procfile commands compose runs from an upstream image instead: command -> service
 # (checked in test_celery_exporter_matches_bin_celery_exporter).
@@ -132,7 +134,10 @@ def test_stockflow_services_run_the_procfile_entry_points(services):
         )
         joined = " ".join(cmd)
         assert joined in by_command, f"{name}: `{joined}` is not a Procfile entry ({proc})"
-        assert by_command[joined] == name, f"{name}: runs the Procfile entry `{by_command[joined]}`"
+        # worker-shard-N: the Procfile's worker, on one shard's queues.
+        assert name.split("-shard-")[0] == by_command[joined], (
+            f"{name}: runs the Procfile entry `{by_command[joined]}`"
+        )
     # ...and everything the Procfile runs also runs in compose.
     running = {" ".join(command_list(s)) for s in stockflow_services(services).values()}
     for entry, command in proc.items():
@@ -304,7 +309,8 @@ def test_secrets_are_declared_mounted_and_templated(compose, services):
 
 def test_env_example_covers_compose_and_holds_no_secrets(services):
     example = env_example()
-    used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
+    # `$${NAME}` is the container's own variable (compose's escape), not interpolated.
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
     assert used <= set(example), (
         f"compose uses variables .env.example lacks: {sorted(used - set(example))}"
     )
@@ -368,3 +374,17 @@ def test_pgbouncer_pools_transactions_with_the_settings_timeouts_per_role(servic
         assert "dbname=@POSTGRES_DB@ " in entry and "host=postgres port=5432" in entry
         query = re.search(r"connect_query='([^']*)'", entry).group(1)
         assert query == pooler.connect_query(settings["DB_SESSION_OPTIONS_BY_ROLE"][role]), role
+
+
+def test_each_shard_has_workers_of_its_own_on_its_queue(services):
+    for shard in (0, 1):
+        service = services[f"worker-shard-{shard}"]
+        env = service["environment"]
+        assert service["profiles"] == ["sharded"]
+        assert env["WORKER_QUEUES"] == f"stockflow.jobs.shard.{shard},stockflow.periodic"
+        assert service["deploy"]["replicas"] >= 2
+        # The worker's own settings otherwise: the database through PgBouncer, the probe.
+        assert env["DATABASE_POOLER"] == "pgbouncer"
+        assert service["healthcheck"] == services["worker"]["healthcheck"]
+        assert command_list(service) == ["bin/worker"]
+    assert env_example()["JOB_SHARDS"] == "2"
