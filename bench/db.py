@@ -183,6 +183,24 @@ def pg_stat_database() -> dict:
         return dict(zip(cols, c.fetchone(), strict=True))
 
 
+def connections() -> dict[str, int]:
+    """Client backends on our database now, by application_name (PGAPPNAME)."""
+    with connection.cursor() as c:
+        c.execute("""SELECT application_name, COUNT(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND backend_type = 'client backend'
+                     GROUP BY 1""")
+        return {app or "?": n for app, n in c.fetchall()}
+
+
+def wal_and_commits() -> tuple[int, int]:
+    """(WAL bytes written so far, transactions committed in our database so far). The
+    commit count is as fresh as the backends' last statistics flush (about a second)."""
+    with connection.cursor() as c:
+        c.execute("""SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, xact_commit
+                     FROM pg_stat_database WHERE datname = current_database()""")
+        return c.fetchone()
+
+
 def available_extensions(names: tuple[str, ...] = ("pg_stat_statements",)) -> dict[str, bool]:
     with connection.cursor() as c:
         c.execute("SELECT name FROM pg_available_extensions WHERE name = ANY(%s)", [list(names)])

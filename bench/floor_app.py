@@ -34,6 +34,13 @@ def delivery_settings() -> dict:
 
 app = Celery("floor", fixups=(), set_as_current=False)
 app.conf.update(delivery_settings())
+if settings.CELERY_BROKER_URL.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}:
+    # On RabbitMQ the queue itself is a setting: stockflow's are quorum queues with a
+    # delivery limit and publisher confirms (workers/rabbitmq.py). The floor uses the same,
+    # or it would measure another queue. Only then is that module imported.
+    from workers import rabbitmq
+
+    rabbitmq.configure(app)
 
 
 @app.task(name=NOOP_TASK)

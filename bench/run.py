@@ -1,6 +1,7 @@
 """python -m bench: one run, one stack, every figure of issue P7 §1 and the §2 verdicts.
 
-Phases, in this order, against our own embedded PostgreSQL + Redis (temp state dir):
+Phases, in this order, against our own embedded PostgreSQL + Redis (temp state dir), with
+Redis or (--broker rabbitmq) a private RabbitMQ node as the Celery broker:
 
   setup     start servers, migrate, `create_api_token bench`, seed stock (receive_stock),
             bulk-insert every draft sale the run needs
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -120,6 +122,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--obs-tracing",
         action="store_true",
         help="observability on includes OpenTelemetry tracing (OTLP/HTTP to a local sink)",
+    )
+    p.add_argument(
+        "--broker",
+        choices=["redis", "rabbitmq"],
+        default="redis",
+        help="Celery broker: embedded Redis, or a private RabbitMQ node (harness.rabbitmq_node)",
     )
     p.add_argument("--web-concurrency", type=int, default=2)
     p.add_argument("--web-threads", type=int, default=4)
@@ -304,6 +312,7 @@ class Bench:
             worker_concurrency=args.worker_concurrency,
             keep_state=args.keep_state,
             worker_nice=args.worker_nice,
+            broker=args.broker,
         )
         self.sink = SentrySink()
         self.result: dict = {}
@@ -344,6 +353,8 @@ class Bench:
         os.environ.update(LOG_LEVEL="WARNING", PGAPPNAME="stockflow-bench")
         for k in ("SENTRY_DSN", "PROMETHEUS_MULTIPROC_DIR", "CELERY_BROKER_URL"):
             os.environ.pop(k, None)
+        if st.rabbit is not None:  # the floor's publisher (bench.floor_app) reads it
+            os.environ["CELERY_BROKER_URL"] = st.broker_url
         import django
 
         from stockflow.observability.bootstrap import bootstrap
@@ -439,6 +450,8 @@ class Bench:
             return {}
         logs = {k: p.log_path for k, p in self.stack.procs.items() if k in ("web", "worker")}
         lines0 = {k: _count_lines(p) for k, p in logs.items()}
+        conns = db.connections()
+        wal0, commits0 = db.wal_and_commits()
         cpu0 = self.stack.cpu_snapshot()
         samples, gen = fire(
             self.url,
@@ -451,13 +464,21 @@ class Bench:
             engine=self.args.loadgen_engine,
         )
         accepted = sum(1 for s in samples if s.status == 202)
+        conns = _max_counts(conns, db.connections())
         if not db.wait_jobs(ids, accepted, self.args.job_timeout):
             raise RuntimeError(
                 f"{name}: jobs not finished after {self.args.job_timeout}s: {db.job_stats(ids)}"
             )
         cpu1 = self.stack.cpu_snapshot()
+        time.sleep(1.1)  # the backends flush their commit counts when idle, at most each second
+        wal1, commits1 = db.wal_and_commits()
         out = db.job_stats(ids)
         out["cpu_ms_per_job"] = cpu_per(cpu0, cpu1, out["finished"])
+        out["pg_connections"] = _max_counts(conns, db.connections())
+        if out["finished"]:
+            out["wal_bytes_per_job"] = round((wal1 - wal0) / out["finished"])
+            # Includes the bench's own polling (a read-only commit per poll, every 0.1 s).
+            out["pg_commits_per_job"] = round((commits1 - commits0) / out["finished"], 2)
         if out["finished"]:
             out["cpu_bound_estimate_jobs_per_s"] = cpu_bound(out["cpu_ms_per_job"])
             out["log_lines_per_job"] = {
@@ -474,15 +495,14 @@ class Bench:
     def floor(self) -> dict:
         """The queue's own cost: bench.floor_app's no-op tasks through its own worker, with
         stockflow's delivery settings and none of its code (bench/floor_app.py)."""
-        import redis
-
         from bench.floor_app import NOOP_TASK, app, delivery_settings, noop
 
         st, n = self.stack, self.args.floor_tasks
         proc = st.start_floor()
+        closing = contextlib.ExitStack()
         try:
-            r = redis.Redis.from_url(st.urls["REDIS_URL"])
             queue = app.conf.task_default_queue
+            pending = closing.enter_context(self.broker_pending(queue))
             cpu0 = st.cpu_snapshot()
             t0 = time.perf_counter()
             pub0 = time.thread_time()
@@ -497,12 +517,12 @@ class Bench:
                 # acks_late: a message leaves the unacked hash after its task ran. It can be
                 # between BRPOP and that hash for a moment, so the worker's own count of
                 # accepted tasks (one broadcast, at the end) confirms every one was taken.
-                while (r.llen(queue) or r.hlen("unacked")) and time.monotonic() < deadline:
+                while pending() and time.monotonic() < deadline:
                     time.sleep(0.02)
                 t_end = time.perf_counter()
                 stats = app.control.inspect(destination=[proc.hostname], timeout=2).stats() or {}
                 done = stats.get(proc.hostname, {}).get("total", {}).get(NOOP_TASK, 0)
-                if done >= n and not (r.llen(queue) or r.hlen("unacked")):
+                if done >= n and not pending():
                     break
                 time.sleep(0.05)
             if done < n:
@@ -512,9 +532,10 @@ class Bench:
             cpu1 = st.cpu_snapshot()
         finally:
             st.stop(proc.name)
+            closing.close()
         per = {
             k: round(1000 * (cpu1[k] - cpu0[k]) / n, 3)
-            for k in ("floor-worker", "redis")
+            for k in ("floor-worker", "redis", "rabbitmq")
             if k in cpu0 and k in cpu1
         }
         per["publisher"] = round(1000 * publisher_s / n, 3)
@@ -529,13 +550,32 @@ class Bench:
             "completed": int(done),
             "publish_s": round(t_pub - t0, 3),
             "cpu_ms_per_task": per,
-            "cpu_note": "stack = publisher (this thread, while publishing) + floor worker tree + Redis",
+            "cpu_note": "stack = publisher (this thread, while publishing) + floor worker tree "
+            "+ Redis (+ RabbitMQ)",
             "cpu_bound_estimate_tasks_per_s": cpu_bound(per),
             "total_s": round(t_end - t0, 3),
             "tasks_per_s": round(n / (t_end - t0), 1),
             "measured_as": "N / (first publish -> queue and unacked hash empty, confirmed by the "
             "worker's own count of accepted tasks)",
         }
+
+    @contextlib.contextmanager
+    def broker_pending(self, queue: str):
+        """A callable: messages of `queue` not yet done. Redis: the list plus the unacked
+        hash. RabbitMQ: the ready count only (unacked is not in a passive declare; the
+        worker's own count of accepted tasks, checked after, covers the last few)."""
+        st = self.stack
+        if st.rabbit is None:
+            import redis
+
+            with redis.Redis.from_url(st.urls["REDIS_URL"]) as r:
+                yield lambda: r.llen(queue) or r.hlen("unacked")
+            return
+        from kombu import Connection
+
+        with Connection(st.broker_url) as conn:
+            channel = conn.default_channel
+            yield lambda: channel.queue_declare(queue=queue, passive=True).message_count
 
     def deadlocks_during(self, run, *, worker: bool = True) -> tuple[dict, dict]:
         """run() and the deadlocks it surfaced, from four places."""
@@ -731,7 +771,8 @@ class Bench:
             "observability": "on, as shipped",
             "measured_as": "N / (last job finished_at - first job created_at), transitions fired "
             f"closed-loop with {a.concurrency} in flight; CPU stack = web + worker + PostgreSQL "
-            "+ Redis (not the load generator)",
+            "+ Redis (+ RabbitMQ) (not the load generator); pg_connections: client backends by "
+            "application_name, the most seen before, after the accepts and at the end",
             "runs": e2e_on,
         }
         log(
@@ -883,6 +924,10 @@ def cpu_per(before: dict, after: dict, n: int) -> dict:
     out = {k: round(1000 * (after[k] - before[k]) / n, 2) for k in after if k in before}
     out["stack"] = round(sum(v for k, v in out.items() if k != "bench"), 2)
     return out
+
+
+def _max_counts(a: dict, b: dict) -> dict:
+    return {k: max(a.get(k, 0), b.get(k, 0)) for k in sorted({*a, *b})}
 
 
 def cpu_bound(cpu_ms: dict) -> float | None:
@@ -1049,7 +1094,9 @@ def main(argv=None) -> int:
             }
             | {
                 "pool": "prefork",
-                "broker": "embedded Redis",
+                "broker": "embedded Redis"
+                if args.broker == "redis"
+                else "private RabbitMQ node (quorum queues; Redis for heartbeats)",
                 "database": "embedded PostgreSQL 16",
                 "settings": "config/settings.py CELERY_* (the floor app reads the same values)",
             },

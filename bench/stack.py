@@ -1,6 +1,8 @@
 """The bench's stack: harness.processes.Stack on embedded PostgreSQL and Redis in a private
-temporary state dir, plus what the bench measures on it: CPU seconds and peak memory of
-each process tree, and the floor's worker (bench.floor_app: bare Celery, no stockflow code)."""
+temporary state dir, with Redis or a private RabbitMQ node (harness.rabbitmq_node) as the
+Celery broker, plus what the bench measures on it: CPU seconds and peak memory of each
+process tree, PostgreSQL connections by application, and the floor's worker
+(bench.floor_app: bare Celery, no stockflow code)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import psutil
 
 from harness import processes
 from harness.processes import PY, ROOT, Proc  # noqa: F401 (bench.cpu imports them from here)
+from harness.rabbitmq_node import RabbitNode
 
 log = processes.logger("bench")
 
@@ -87,6 +90,7 @@ class Stack(processes.Stack):
         worker_concurrency: int = 2,
         keep_state: bool = False,
         worker_nice: int = 0,
+        broker: str = "redis",
     ):
         super().__init__(
             web_concurrency=web_concurrency,
@@ -96,15 +100,36 @@ class Stack(processes.Stack):
             prefix="sfbench.",
         )
         self.worker_nice = worker_nice
+        self.broker = broker
+        self.rabbit: RabbitNode | None = None
         self.memory = MemorySampler()
         self.restarts = 0
 
+    def start_services(self) -> dict[str, str]:
+        urls = super().start_services()
+        if self.broker == "rabbitmq":
+            # Redis stays (heartbeats, readyz); only the Celery broker moves.
+            self.rabbit = RabbitNode(self.state / "rabbitmq", tag="sfbench")
+            self.base_env["CELERY_BROKER_URL"] = self.rabbit.start()
+            log(f"private RabbitMQ node {self.rabbit.name} up: {self.rabbit.url}")
+        return urls
+
+    @property
+    def broker_url(self) -> str:
+        return self.rabbit.url if self.rabbit is not None else self.urls["REDIS_URL"]
+
     def cpu_snapshot(self) -> dict[str, float]:
-        """CPU seconds so far of each process tree we run, PostgreSQL and Redis included."""
+        """CPU seconds so far of each process tree we run, PostgreSQL, Redis and RabbitMQ
+        included."""
         out = {
             name: tree_cpu_seconds(proc.pid) for name, proc in self.procs.items() if proc.alive()
         }
-        for name, pid in (("postgres", self.pg_pid()), ("redis", self.redis_pid())):
+        rabbit = self.rabbit.pid if self.rabbit is not None else None
+        for name, pid in (
+            ("postgres", self.pg_pid()),
+            ("redis", self.redis_pid()),
+            ("rabbitmq", rabbit),
+        ):
             if pid:
                 out[name] = tree_cpu_seconds(pid)
         t = os.times()
@@ -139,7 +164,7 @@ class Stack(processes.Stack):
             "--hostname", f"{name}@%h", "--loglevel", "WARNING",
             "--without-mingle", "--without-gossip",
         ]  # fmt: skip
-        proc = self.start(name, argv, {"CELERY_BROKER_URL": self.urls["REDIS_URL"]})
+        proc = self.start(name, argv, {"CELERY_BROKER_URL": self.broker_url})
         proc.hostname = f"{name}@{os.uname().nodename}"
         deadline = time.monotonic() + timeout
         while not app.control.ping(destination=[proc.hostname], timeout=0.5):
@@ -155,4 +180,12 @@ class Stack(processes.Stack):
 
     def close(self, keep_logs=None) -> dict:
         self.memory.stop()
+        if self.rabbit is not None:
+            # The app processes first (they hold broker connections), then the node, before
+            # super() removes the state dir its data lives in.
+            for name in reversed(list(self.procs)):
+                self.stop(name)
+            self.rabbit.stop()
+            if keep_logs:
+                self.rabbit.copy_logs(keep_logs)
         return super().close(keep_logs)

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from workers.rabbitmq import DEAD_LETTER
+
 from . import checks
 from .stack import Stack, log
 from .workload import Api, Recorder, Workload, as_table, dumps
@@ -25,10 +27,11 @@ from .workload import Api, Recorder, Workload, as_table, dumps
 
 class Chaos(threading.Thread):
     """Faults while the load runs: kill -9 of worker processes (a pool child, the main
-    process alone, or the whole process group) with restarts, Redis kill -9 + restart
-    (data gone), PostgreSQL postmaster signal + restart. The Redis/PostgreSQL restarts
-    are spread over the load's progress so they land while requests and jobs are in
-    flight; whatever is still due when the load ends is done then."""
+    process alone, or the whole process group) with restarts, a broker kill -9 + restart
+    (Redis: its data gone; RabbitMQ: the node's whole process group, its quorum queues
+    back from disk), PostgreSQL postmaster signal + restart. The broker/PostgreSQL
+    restarts are spread over the load's progress so they land while requests and jobs
+    are in flight; whatever is still due when the load ends is done then."""
 
     KILL_KINDS = ("child", "main", "group")
 
@@ -44,7 +47,7 @@ class Chaos(threading.Thread):
         self.load_done = threading.Event()
         self.rng = random.Random(args.seed + 1)
         kinds = sorted(
-            [((j + 0.5) / args.redis_restarts, "redis") for j in range(args.redis_restarts)]
+            [((j + 0.5) / args.broker_restarts, "broker") for j in range(args.broker_restarts)]
             + [((j + 0.5) / args.pg_restarts, "postgres") for j in range(args.pg_restarts)]
         )
         n = len(kinds)
@@ -53,7 +56,8 @@ class Chaos(threading.Thread):
         self.kills: Counter = Counter()
         self.kill_log: list[dict] = []
         self.worker_restarts = 0
-        self.redis_restarts: list[dict] = []
+        self.kills_deferred = 0  # no worker was ready when one was due
+        self.broker_restarts: list[dict] = []
         self.pg_restarts: list[dict] = []
         self.unexpected_exits: list[dict] = []
         self.errors: list[str] = []
@@ -124,9 +128,13 @@ class Chaos(threading.Thread):
             else self.rng.choice(("child", "child", "main", "group"))
         )
         self.watch()
-        # A worker that logged a fatal error is dying by itself: leave it to watch().
-        alive = [w for w in self.stack.workers if w.alive() and not w.crashed()]
+        # A worker that logged a fatal error is dying by itself: leave it to watch(). One
+        # not ready yet holds no message: on a loaded host, where a boot takes longer than
+        # the kill interval, killing it again would keep every worker down and measure the
+        # host, not the recovery.
+        alive = [w for w in self.stack.workers if w.alive() and not w.crashed() and w.ready()]
         if not alive:
+            self.kills_deferred += 1
             return
         w = self.rng.choice(alive)
         if kind == "child":
@@ -180,13 +188,13 @@ class Chaos(threading.Thread):
         self.worker_restarts += 1
 
     def do_event(self, kind: str) -> None:
-        if kind == "redis":
-            log("kill -9 Redis (its data goes with it)")
-            info = self.stack.restart_redis(self.args.redis_down)
+        if kind == "broker":
+            log(f"kill -9 the broker ({self.args.broker})")
+            info = self.stack.restart_broker(self.args.broker_down)
             info["t"] = round(time.monotonic() - self.args.t0, 1)
             info["at_progress"] = round(self.progress(), 3)
-            self.redis_restarts.append(info)
-            log(f"Redis back: {info}")
+            self.broker_restarts.append(info)
+            log(f"{self.args.broker} back: {info}")
         else:
             sig = self.pg_signals[len(self.pg_restarts) % len(self.pg_signals)]
             log(f"PostgreSQL postmaster <- {sig.name}")
@@ -208,7 +216,9 @@ class Chaos(threading.Thread):
             "worker_kills": dict(self.kills),
             "worker_kills_total": sum(self.kills.values()),
             "worker_restarts": self.worker_restarts,
-            "redis_restarts": self.redis_restarts,
+            "worker_kills_deferred": self.kills_deferred,
+            "broker": self.args.broker,
+            "broker_restarts": self.broker_restarts,
             "postgres_restarts": self.pg_restarts,
             "unexpected_exits": self.unexpected_exits,
             "errors": self.errors,
@@ -474,9 +484,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--worker-concurrency", type=int, default=2)
     p.add_argument("--web-concurrency", type=int, default=2)
-    p.add_argument("--redis-restarts", type=int, default=2)
+    p.add_argument(
+        "--broker",
+        choices=["redis", "rabbitmq"],
+        default="redis",
+        help="Celery broker: embedded Redis, or a private RabbitMQ node (harness.rabbitmq_node)",
+    )
+    p.add_argument("--broker-restarts", "--redis-restarts", type=int, default=2)
     p.add_argument("--pg-restarts", type=int, default=1)
-    p.add_argument("--redis-down", type=float, default=1.0, help="seconds Redis stays down")
+    p.add_argument(
+        "--broker-down",
+        "--redis-down",
+        type=float,
+        default=None,
+        help="seconds the broker stays down (default: Redis 1, RabbitMQ 3)",
+    )
     p.add_argument("--pg-down", type=float, default=2.0, help="seconds PostgreSQL stays down")
     p.add_argument(
         "--kill-interval", type=float, default=4.0, help="mean seconds between worker kills"
@@ -528,6 +550,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.seed = random.randrange(1 << 30)
     if args.drain_timeout is None:
         args.drain_timeout = 120 + 0.1 * (args.sales + args.refunds)
+    if args.broker_down is None:
+        args.broker_down = 3.0 if args.broker == "rabbitmq" else 1.0
     return args
 
 
@@ -548,6 +572,7 @@ def main(argv=None) -> int:
         running_lease=args.running_lease,
         reconcile_interval=args.reconcile_interval,
         keep_state=args.keep_state,
+        broker=args.broker,
     )
     summary: dict = {"ok": False, "config": {k: v for k, v in vars(args).items() if k != "t0"}}
     phases: dict = {}
@@ -685,14 +710,21 @@ def main(argv=None) -> int:
         phases["checks_s"] = round(time.monotonic() - t, 1)
         summary.update(verdict)
         summary["accounting"] = accounting(rec, load, args)
+        if args.broker == "rabbitmq":
+            summary["broker_queues"] = queues = stack.broker_queues()
+            if (queues.get(DEAD_LETTER) or {}).get("messages"):
+                # A job's message there would be a finding (its row still decides: the
+                # reconciler re-sends it); expired periodic messages are a known one.
+                summary["dead_letters"] = dead = stack.dead_letters()
+                rec.finding("dead_lettered_messages", by_task_reason=dead)
         summary["chaos"] = chaos.summary()
         if (
-            len(chaos.redis_restarts) < args.redis_restarts
+            len(chaos.broker_restarts) < args.broker_restarts
             or len(chaos.pg_restarts) < args.pg_restarts
         ):
             rec.violation(
                 "chaos_schedule_incomplete",
-                redis=len(chaos.redis_restarts),
+                broker=len(chaos.broker_restarts),
                 postgres=len(chaos.pg_restarts),
             )
         exit_code = 0

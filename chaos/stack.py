@@ -1,6 +1,7 @@
 """The chaos run's stack: harness.processes.Stack on embedded PostgreSQL and Redis in a
-private state dir (web, N workers, beat; short job leases), plus the faults it takes:
-kill -9 of a process or its group, and restarts of the servers.
+private state dir (web, N workers, beat; short job leases), with Redis or a private
+RabbitMQ node (harness.rabbitmq_node) as the broker, plus the faults it takes: kill -9 of
+a process or its group, and restarts of the servers.
 
 Only processes this run started are ever signalled: the servers by the pid files of *our*
 state dir (checked by name and command line), the app processes through their Popen
@@ -13,10 +14,13 @@ import contextlib
 import os
 import signal
 import time
+from collections import Counter
 
 import psutil
 
 from harness import processes
+from harness.rabbitmq_node import RabbitNode
+from workers.rabbitmq import DEAD_LETTER
 
 log = processes.logger("chaos")
 
@@ -48,29 +52,40 @@ class Proc(processes.Proc):
         super().__init__(*args, **kwargs)
         self.pgids: list[int] = []  # every group we created, for the final sweep
         self.starts = 0
-        self.scan_pos, self.fatal_seen = 0, False
+        self.scan_pos, self.fatal_seen, self.ready_seen = 0, False, False
 
     def start(self) -> Proc:
         super().start()
         self.pgids.append(self.pid)
         self.starts += 1
-        self.scan_pos, self.fatal_seen = self.log_offset, False
+        self.scan_pos, self.fatal_seen, self.ready_seen = self.log_offset, False, False
         return self
+
+    def _scan(self) -> None:
+        """Celery's markers in the log written since the last scan (whole lines only)."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self.scan_pos)
+                chunk = f.read()
+        except OSError:
+            return
+        cut = chunk.rfind(b"\n") + 1
+        self.scan_pos += cut
+        self.fatal_seen = self.fatal_seen or b"Unrecoverable error" in chunk[:cut]
+        self.ready_seen = self.ready_seen or b' ready."' in chunk[:cut]
 
     def crashed(self) -> bool:
         """Its log since the last start has Celery's "Unrecoverable error": it is dying
         by itself, whether or not it has exited yet. Incremental."""
         if not self.fatal_seen:
-            try:
-                with self.log_path.open("rb") as f:
-                    f.seek(self.scan_pos)
-                    chunk = f.read()
-            except OSError:
-                return False
-            cut = chunk.rfind(b"\n") + 1  # whole lines only
-            self.scan_pos += cut
-            self.fatal_seen = b"Unrecoverable error" in chunk[:cut]
+            self._scan()
         return self.fatal_seen
+
+    def ready(self) -> bool:
+        """A worker logged "<name> ready." since its last start: it consumes."""
+        if not self.ready_seen:
+            self._scan()
+        return self.ready_seen
 
     def kill9(self) -> None:
         """kill -9 the main process only (its children are orphaned, as after an OOM kill)."""
@@ -124,6 +139,7 @@ class Stack(processes.Stack):
         running_lease: int = 10,
         reconcile_interval: int = 2,
         keep_state: bool = False,
+        broker: str = "redis",
     ):
         super().__init__(
             web_concurrency=web_concurrency,
@@ -137,6 +153,8 @@ class Stack(processes.Stack):
             },
         )
         self.n_workers = workers
+        self.broker = broker
+        self.rabbit: RabbitNode | None = None
         self.port = 0
         self.web: Proc | None = None
         self.beat: Proc | None = None
@@ -145,6 +163,11 @@ class Stack(processes.Stack):
     def start_services(self) -> dict[str, str]:
         urls = super().start_services()
         log(f"embedded servers up in {self.state}: {urls}")
+        if self.broker == "rabbitmq":
+            # Redis stays (heartbeats, readyz); only the Celery broker moves.
+            self.rabbit = RabbitNode(self.state / "rabbitmq", tag="sfchaos")
+            self.base_env["CELERY_BROKER_URL"] = self.rabbit.start()
+            log(f"private RabbitMQ node {self.rabbit.name} up: {self.rabbit.url}")
         return urls
 
     # --- app processes ---------------------------------------------------------------------
@@ -163,6 +186,25 @@ class Stack(processes.Stack):
         return [p for p in (self.web, self.beat, *self.workers) if p is not None]
 
     # --- server faults ---------------------------------------------------------------------
+
+    def restart_broker(self, down_s: float) -> dict:
+        if self.rabbit is None:
+            return self.restart_redis(down_s)
+        return self.rabbit.restart(down_s)
+
+    def broker_queues(self) -> dict:
+        """RabbitMQ's queues at the end (dead-lettered messages show here); {} on Redis."""
+        return self.rabbit.queues() if self.rabbit is not None else {}
+
+    def dead_letters(self) -> dict:
+        """What the dead-letter queue holds, counted by (task, reason, queue it came from)."""
+        if self.rabbit is None:
+            return {}
+        seen = Counter(
+            f"{m['task']} {m['reason']} from {m['from_queue']}"
+            for m in self.rabbit.peek(DEAD_LETTER)
+        )
+        return dict(seen)
 
     def restart_redis(self, down_s: float) -> dict:
         """kill -9 redis-server (no persistence: every message is gone), then start it again."""
@@ -214,4 +256,13 @@ class Stack(processes.Stack):
         for p in self.processes():
             with contextlib.suppress(Exception):  # keep tearing down
                 swept += len(p.sweep(old_only=True))  # leftovers of killed mains
+        if self.rabbit is not None:
+            # The app processes first (they hold broker connections), then the node, before
+            # super() removes the state dir its data lives in.
+            for name in reversed(list(self.procs)):
+                with contextlib.suppress(Exception):
+                    self.stop(name)
+            self.rabbit.stop()
+            if keep_logs:
+                self.rabbit.copy_logs(keep_logs)
         return {"orphans_swept": swept, **super().close(keep_logs)}

@@ -33,14 +33,21 @@ def queue_arguments() -> dict:
     }
 
 
-def queue(name: str) -> Queue:
-    """A stockflow queue on RabbitMQ: quorum, its topic exchange, routed by its name."""
+def queue(name: str, dead_letter: bool = True) -> Queue:
+    """A stockflow queue on RabbitMQ: quorum, its topic exchange, routed by its name.
+    dead_letter=False for the periodic queue: Celery sends a periodic run's `expires` as the
+    message's TTL, and an expired run is not worth keeping (the next one is on its way);
+    dead-lettered, one per interval would pile up whenever the workers are down or behind."""
+    arguments = queue_arguments()
+    if not dead_letter:
+        for key in ("x-dead-letter-exchange", "x-dead-letter-strategy", "x-overflow"):
+            del arguments[key]
     return Queue(
         name,
         Exchange(name, type="topic", durable=True),
         routing_key=name,
         durable=True,
-        queue_arguments=queue_arguments(),
+        queue_arguments=arguments,
     )
 
 
@@ -58,7 +65,10 @@ def configure(app) -> None:
     conf = app.conf
     if not is_amqp(conf.broker_url):
         return
-    conf.task_queues = [queue(conf.task_default_queue), queue(settings.PERIODIC_TASK_QUEUE)]
+    conf.task_queues = [
+        queue(conf.task_default_queue),
+        queue(settings.PERIODIC_TASK_QUEUE, dead_letter=False),
+    ]
     app.amqp.queues_cls = QuorumQueues
     conf.broker_transport_options = {
         **(conf.broker_transport_options or {}),

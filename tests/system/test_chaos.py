@@ -1,7 +1,8 @@
 """The chaos run (issue 5 §3) as a test: `python -m chaos` on its own embedded PostgreSQL
-and Redis, load through the API while workers are kill -9'd, Redis is restarted twice
-(data gone) and PostgreSQL once; then nothing lost, nothing applied twice, ledger clean,
-no 500, outcomes matching requests.
+and Redis, load through the API while workers are kill -9'd, the broker is restarted
+twice (Redis: data gone; with --broker rabbitmq a private RabbitMQ node, kill -9) and
+PostgreSQL once; then nothing lost, nothing applied twice, ledger clean, no 500,
+outcomes matching requests.
 
 The small run is part of the default suite (the invariant check); the full size
 (10 000 sales + 2 000 refunds) is `slow`. Findings the harness reports without failing
@@ -10,6 +11,7 @@ pytest warnings; `python -m chaos --strict` makes them fail.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -70,7 +72,7 @@ def assert_clean(summary: dict, *, sales: int, refunds: int) -> None:
     # The faults really happened.
     chaos = summary["chaos"]
     assert chaos["worker_kills_total"] >= 1
-    assert len(chaos["redis_restarts"]) >= 2
+    assert len(chaos["broker_restarts"]) >= 2
     assert len(chaos["postgres_restarts"]) >= 1
 
     # The load really was what was asked: every sale paid through a job, refunds sent,
@@ -116,6 +118,28 @@ def test_chaos_small():
     assert_clean(summary, sales=sales, refunds=refunds)
 
 
+@pytest.mark.timeout(300)
+def test_chaos_small_on_a_private_rabbitmq_node():
+    """The same on RabbitMQ (quorum queues), smaller: about a minute on a 2-core host."""
+    from harness.rabbitmq_node import sbin_dir
+
+    try:
+        sbin_dir()
+    except RuntimeError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the RabbitMQ chaos run cannot run in CI: {exc}")
+        pytest.skip(str(exc))
+    sales, refunds = 100, 25
+    summary = run_chaos(
+        "--broker", "rabbitmq", "--sales", str(sales), "--refunds", str(refunds),
+        "--seed", "4321", "--max-seconds", "200",
+        timeout=260,
+    )  # fmt: skip
+    assert_clean(summary, sales=sales, refunds=refunds)
+    assert summary["chaos"]["broker"] == "rabbitmq"
+    assert summary["broker_queues"]["celery"]["type"] == "quorum"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(4 * 3600)
 def test_chaos_full_size():
@@ -125,7 +149,7 @@ def test_chaos_full_size():
         str(sales),
         "--refunds",
         str(refunds),
-        "--redis-restarts",
+        "--broker-restarts",
         "4",
         "--pg-restarts",
         "2",

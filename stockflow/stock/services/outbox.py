@@ -171,8 +171,9 @@ _EARLIER = f"""
 
 def reconcile(limit: int = 500) -> int:
     """Re-send jobs whose lease ran out: still `queued` (the broker message may be
-    lost) or `running` (the worker may be dead). Duplicates are harmless: a second
-    delivery of a finished job does nothing. Returns how many were re-sent."""
+    lost; each later re-send of it waits longer) or `running` (the worker may be dead).
+    Duplicates are harmless: a second delivery of a finished job does nothing. Returns how
+    many were re-sent."""
     now = timezone.now()
     with transaction.atomic():
         stale = list(
@@ -182,6 +183,15 @@ def reconcile(limit: int = 500) -> int:
         )
         for job in stale:
             job.lease_expires_at = lease(job.status, now)
+            if job.status == Job.Status.QUEUED:
+                # Queued past its lease again: more likely behind a backlog than lost. Each
+                # re-send waits as long as the job has waited already (at most 10 leases), so
+                # a backlog cannot feed itself with duplicates a durable queue keeps (chaos on
+                # RabbitMQ without it: 96 343 re-sends for 11 904 jobs, never drained).
+                job.lease_expires_at += min(
+                    now - job.created_at,
+                    datetime.timedelta(seconds=10 * settings.JOB_QUEUED_LEASE_SECONDS),
+                )
         Job.objects.bulk_update(stale, ["lease_expires_at"])
         transaction.on_commit(lambda: [enqueue(job) for job in stale])
     return len(stale)
