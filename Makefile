@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | c
 PORT  ?= 8000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test test-unit test-integration test-system test-pgbouncer lint demo check-ledger services-stop lock exporter-install exporter-lock check-monitoring monitoring-live bench chaos
+.PHONY: install run test test-unit test-integration test-system test-pgbouncer test-rabbitmq lint demo check-ledger services-stop lock exporter-install exporter-lock check-monitoring monitoring-live bench chaos
 
 # requirements.lock: what the service runs on (the image installs only that);
 # requirements-dev.lock: the same pins plus the test tools and the embedded servers.
@@ -52,6 +52,18 @@ PGBOUNCER_WORKDIR ?= .state/pgbouncer-test
 test-pgbouncer: install
 	DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m harness.pgbouncer run --port $(PGBOUNCER_PORT) \
 	  --workdir $(PGBOUNCER_WORKDIR) -- $(PY) -m pytest tests/integration --reuse-db $(PYTEST_ARGS)
+
+## The job suite again on RabbitMQ (quorum queues, workers/rabbitmq.py) instead of Redis, in
+## a vhost of its own (rabbitmqctl), deleted afterwards.
+RABBITMQ_URL  ?= amqp://guest:guest@127.0.0.1:5672
+RABBITMQ_USER ?= guest
+JOB_SUITE := $(addprefix tests/integration/test_,delivery.py batches.py attempts.py in_flight.py \
+  concurrency.py refunds.py fefo.py request_id.py jobs_api.py)
+test-rabbitmq: install
+	vhost=stockflow_jobs_$$$$; \
+	rabbitmqctl add_vhost $$vhost >/dev/null && trap 'rabbitmqctl delete_vhost '$$vhost' >/dev/null' EXIT && \
+	rabbitmqctl set_permissions -p $$vhost $(RABBITMQ_USER) '.*' '.*' '.*' >/dev/null && \
+	STOCKFLOW_TEST_BROKER_URL=$(RABBITMQ_URL)/$$vhost $(PY) -m pytest $(JOB_SUITE) $(PYTEST_ARGS)
 
 ## Whole-stack runs: chaos and bench smoke, the browser, fuzzing.
 test-system: install

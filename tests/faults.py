@@ -3,9 +3,9 @@ UPDATE to `paid`, so that its sale.paid job fails with code `error` (not a busin
 outcome) in a real worker, and the repair."""
 
 import psycopg
-import redis
 from django.conf import settings
 from django.db import connection
+from kombu import Connection
 
 
 def reject_paid(number: str) -> None:
@@ -36,9 +36,16 @@ def allow_paid() -> None:
         )
 
 
+def queued_messages(queue: str = "celery") -> int:
+    """Messages the broker holds for the queue, not handed to a worker (Redis or RabbitMQ)."""
+    with Connection(settings.CELERY_BROKER_URL) as conn:
+        return conn.default_channel.queue_declare(queue, passive=True).message_count
+
+
 def lose_queued_messages(queue: str = "celery") -> None:
     """The broker lost what it held for the job queue (nothing but a re-send runs those jobs)."""
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(queue)
+    with Connection(settings.CELERY_BROKER_URL) as conn:
+        conn.default_channel.queue_purge(queue)
 
 
 def lock_holder() -> psycopg.Connection:

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from stockflow.stock.models import Job, StockMove, StockOnHand
 from stockflow.stock.services import outbox as job_services
+from tests import faults
 from tests.api_helpers import (
     ok,
     on_hand,
@@ -232,8 +233,8 @@ def test_lost_broker_message_is_recovered_by_the_reconciler(client, broker, shar
     shared_worker.stop()
     made = setup_sale(client)
     job = pay(client, made["sale"]["id"])  # no worker: the message waits in the broker
-    assert broker.llen("celery") >= 1
-    broker.delete("celery")  # ... and the broker loses it
+    assert faults.queued_messages() >= 1
+    faults.lose_queued_messages()  # ... and the broker loses it
 
     w = shared_worker.get()
     time.sleep(1.0)
@@ -271,7 +272,7 @@ def test_a_poison_job_delivered_too_often_fails_for_good_instead_of_looping(
     s = sale(client, "S-POISON", [("POISON", 1)])
     shared_worker.stop()  # no worker while we rewrite history
     job = pay(client, s["id"])
-    broker.delete("celery")
+    faults.lose_queued_messages()
     Job.objects.filter(pk=job["id"]).update(attempts=settings.JOB_MAX_ATTEMPTS, status="running")
     dispatch.enqueue(Job.objects.get(pk=job["id"]))
     shared_worker.get()

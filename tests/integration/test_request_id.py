@@ -3,6 +3,7 @@
 import contextlib
 import json
 
+from tests import faults
 from tests.api_helpers import ok, product, receive, sale, wait_for_job
 
 
@@ -75,7 +76,7 @@ def test_a_job_resent_by_the_reconciler_keeps_its_original_request_id(
         ),
         202,
     )["job"]
-    broker.delete("celery")  # the broker lost the message before any worker saw it
+    faults.lose_queued_messages()  # the broker lost the message before any worker saw it
     Job.objects.filter(pk=job["id"]).update(
         lease_expires_at=Job.objects.get(pk=job["id"]).created_at
     )
